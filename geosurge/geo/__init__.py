@@ -1,0 +1,1 @@
+"""Geography: great-circle distances, geo-localization metrics and the H3 geocell hierarchy."""
