@@ -1,0 +1,74 @@
+"""Decode, validate and resize image bytes: one code path for ingest and for inference.
+
+Failures are reported as a reason code (the quarantine vocabulary) instead of exceptions, so a stage can
+route a bad record to the quarantine table and carry on.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+
+class ImageRejected(Exception):
+    """An input that is not a usable image; `reason` is a quarantine reason code."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    size: int = 64  # output is size × size RGB
+    max_pixels: int = 100_000_000  # decompression-bomb guard, checked before pixels are decoded
+
+
+def decode_image(data: bytes, spec: ImageSpec) -> np.ndarray:
+    """Bytes → uint8 RGB array [size, size, 3]: EXIF orientation applied, any mode converted to RGB,
+    short side resized to `size` and centre-cropped. Raises ImageRejected with a reason code."""
+    if not data:
+        raise ImageRejected("empty", "zero bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            width, height = img.size  # read from the header, before any pixel is decoded
+            if width * height > spec.max_pixels:
+                raise ImageRejected("too_large", f"{width}x{height} exceeds {spec.max_pixels} pixels")
+            img.load()
+    except ImageRejected:
+        raise
+    except UnidentifiedImageError as e:
+        raise ImageRejected("not_an_image", str(e)) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageRejected("too_large", str(e)) from None
+    except OSError as e:  # PIL reports truncated/corrupt streams as OSError
+        raise ImageRejected("truncated", str(e)) from None
+    img = ImageOps.exif_transpose(img)
+    if img.mode != "RGB":
+        # palette/grey/CMYK/alpha → RGB; alpha is composited on white so transparent areas are not black
+        if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+            rgba = img.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            img = Image.alpha_composite(background, rgba).convert("RGB")
+        else:
+            img = img.convert("RGB")
+    img = ImageOps.fit(img, (spec.size, spec.size), method=Image.Resampling.BILINEAR)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def encode_jpeg(array: np.ndarray, quality: int = 92) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def decode_jpeg(data: bytes) -> np.ndarray:
+    """Shard image bytes (already validated and resized) → uint8 RGB array."""
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.uint8)
