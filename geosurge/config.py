@@ -1,0 +1,204 @@
+"""Typed run configuration: one dataclass per component, one `PipelineConfig` per run, logged whole.
+
+A run's config comes from (in order) the embedded defaults, an optional YAML file, and `--set a.b=value`
+overrides on the command line. Values in overrides are parsed as YAML, so `--set train.epochs=3`,
+`--set geocells.tau_max=[200,50]` and `--set tracking.tracking_uri=http://host:5000` all do what they say.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from geosurge.data.geoworld import GeoWorldConfig
+from geosurge.data.storage import S3Config
+from geosurge.geo.geocells import GeocellConfig
+
+
+@dataclass
+class RayConfig:
+    address: str | None = None  # None: join RAY_ADDRESS if set (a Ray job), else start a local Ray
+    num_cpus: int | None = None  # only for a Ray started here
+
+
+@dataclass
+class IngestConfig:
+    image_size: int = 64  # images are resized (short side) and centre-cropped to this square
+    label_grid: int = 8  # label maps are pooled to this grid: the backbone's patch grid
+    segmenter: str = "random"  # hub id or local transformers checkpoint folder; "random": random-init SegFormer
+    segment_batch_size: int = 32
+    segment_actors: int = 1  # size of the segmentation actor pool
+    gpus_per_segment_actor: float = 0.0
+    max_image_pixels: int = 100_000_000  # decompression-bomb guard
+    shard_rows: int = 1000  # rows per Parquet shard file
+
+
+@dataclass
+class ModelConfig:
+    name: str = "geosurge"
+    backbone: str = "vit_tiny_patch16_224"
+    backbone_kwargs: dict[str, Any] = field(default_factory=lambda: {"img_size": 64, "patch_size": 8, "depth": 4})
+    pretrained: bool = False  # True loads hub weights (needs internet)
+    trainable_blocks: int | None = None  # None: whole backbone trains; K: all but the last K blocks frozen
+    embed_dim: int = 128
+    fusion: bool = True
+    fusion_blocks: int = 3
+    fusion_heads: int = 4
+    temperature_init: float = 0.07
+
+
+@dataclass
+class TrainConfig:
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    zero_stage: int = 2
+    bf16: bool = False
+    epochs: int = 6
+    batch_size: int = 32  # per worker, per micro-step
+    gradient_accumulation_steps: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    lr_decay: float = 0.5  # lr multiplied by this after every epoch (paper: 0.5)
+    seed: int = 0
+
+
+@dataclass
+class TrackingConfig:
+    tracking_uri: str | None = None  # None: sqlite file under the run's output folder
+    experiment: str = "geosurge"
+    registered_model: str = "geosurge"
+    alias: str = "challenger"
+
+
+@dataclass
+class EvalConfig:
+    split: str = "test"
+    top_k: int = 5
+    batch_size: int = 64
+
+
+@dataclass
+class PipelineConfig:
+    run_name: str = "demo"
+    output_dir: str = "runs/demo"  # local folder for Ray results, MLflow sqlite, logs
+    data_root: str | None = None  # object storage root (local folder or s3://); None: <output_dir>/store
+    s3: S3Config = field(default_factory=S3Config)
+    ray: RayConfig = field(default_factory=RayConfig)
+    geoworld: GeoWorldConfig = field(default_factory=GeoWorldConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    # small-world defaults; the paper's MP-16 schedule is tau_max 25000 → 500 over 7 levels
+    geocells: GeocellConfig = field(default_factory=lambda: GeocellConfig(tau_max=(300, 120, 40), tau_min=8))
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    # -- derived locations -------------------------------------------------------------------------
+    @property
+    def resolved_data_root(self) -> str:
+        return self.data_root or str(Path(self.output_dir, "store").absolute())
+
+    @property
+    def resolved_tracking_uri(self) -> str:
+        return self.tracking.tracking_uri or f"sqlite:///{Path(self.output_dir, 'mlflow.db').absolute()}"
+
+    # -- (de)serialisation ---------------------------------------------------------------------------
+    def to_dict(self, redact_secrets: bool = True) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        if redact_secrets:
+            for key in ("access_key_id", "secret_access_key"):
+                if d["s3"].get(key):
+                    d["s3"][key] = "<hidden>"
+        return d
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def fingerprint(self) -> str:
+        """A short hash of the whole config (secrets excluded), for naming what this config made."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PipelineConfig":
+        return _from_dict(cls, d)
+
+
+def _from_dict(cls: type, d: dict[str, Any]) -> Any:
+    """Build dataclass `cls` from a (possibly partial) nested dict, rejecting unknown keys."""
+    if not isinstance(d, dict):
+        raise TypeError(f"{cls.__name__}: expected a mapping, got {type(d).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown key(s) {sorted(unknown)}; known: {sorted(names)}")
+    kwargs = {}
+    for key, value in d.items():
+        hint = hints[key]
+        sub = _dataclass_in(hint)
+        kwargs[key] = _from_dict(sub, value) if sub is not None and isinstance(value, dict) else _coerce(hint, value)
+    return cls(**kwargs)
+
+
+def _dataclass_in(hint: Any) -> type | None:
+    if dataclasses.is_dataclass(hint):
+        return hint
+    for arg in typing.get_args(hint):
+        if dataclasses.is_dataclass(arg):
+            return arg
+    return None
+
+
+def _coerce(hint: Any, value: Any) -> Any:
+    # YAML gives lists for tuples and ints for floats; make them the declared type.
+    origin = typing.get_origin(hint)
+    if origin is tuple and isinstance(value, list):
+        return tuple(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if origin in (typing.Union, types.UnionType) and float in typing.get_args(hint) and isinstance(value, int):
+        return float(value) if not isinstance(value, bool) else value
+    return value
+
+
+def apply_override(d: dict[str, Any], assignment: str) -> None:
+    """Apply one `a.b.c=value` override (value parsed as YAML) to a nested dict in place."""
+    if "=" not in assignment:
+        raise ValueError(f"override {assignment!r} is not of the form key.path=value")
+    path, raw = assignment.split("=", 1)
+    keys = path.strip().split(".")
+    node = d
+    for key in keys[:-1]:
+        if not isinstance(node.get(key), dict):
+            raise ValueError(f"override {assignment!r}: {key!r} is not a config section")
+        node = node[key]
+    if keys[-1] not in node:
+        raise ValueError(f"override {assignment!r}: unknown key {keys[-1]!r}; known: {sorted(node)}")
+    node[keys[-1]] = yaml.safe_load(raw) if raw.strip() else None
+
+
+def load_config(path: str | None = None, overrides: list[str] | None = None) -> PipelineConfig:
+    """Embedded defaults, then a YAML file, then `key.path=value` overrides."""
+    d = PipelineConfig().to_dict(redact_secrets=False)
+    if path:
+        _deep_update(d, yaml.safe_load(Path(path).read_text()) or {})
+    for assignment in overrides or []:
+        apply_override(d, assignment)
+    return PipelineConfig.from_dict(d)
+
+
+def _deep_update(base: dict, new: dict) -> None:
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_update(base[key], value)
+        else:
+            base[key] = value

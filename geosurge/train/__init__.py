@@ -1,0 +1,1 @@
+"""Training: Ray Train (TorchTrainer) + DeepSpeed over Parquet shards streamed by Ray Data."""

@@ -1,0 +1,38 @@
+"""Shards → model batches: decode JPEG bytes and label maps, attach geocell labels for every level."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import ray
+
+from geosurge.data import storage
+from geosurge.data.images import decode_jpeg
+from geosurge.geo.geocells import GeocellHierarchy
+
+
+def read_split(shards_uri: str, split: str, s3: storage.S3Config | None = None) -> ray.data.Dataset:
+    fs, path = storage.resolve(shards_uri, s3)
+    ds = ray.data.read_parquet(path, filesystem=fs)
+    return ds.filter(expr=f"split == '{split}'")
+
+
+def to_model_batch(batch: pa.Table, hierarchy: GeocellHierarchy | None = None) -> dict[str, np.ndarray]:
+    """Ray Data UDF: shard rows → {image uint8 [B,H,W,3], label_map uint8 [B,g,g], lat, lon, cells int64 [B,L]}."""
+    grids = batch.column("label_grid").to_numpy()
+    grid = int(grids[0])
+    if not (grids == grid).all():
+        raise ValueError(f"one batch mixes label grids {sorted(set(grids.tolist()))}: ingest with one label_grid")
+    lat = batch.column("lat").to_numpy()
+    lon = batch.column("lon").to_numpy()
+    out = {
+        "image": np.stack([decode_jpeg(b) for b in batch.column("image").to_pylist()]),
+        "label_map": np.stack(
+            [np.frombuffer(b, np.uint8).reshape(grid, grid) for b in batch.column("label_map").to_pylist()]
+        ),
+        "lat": lat,
+        "lon": lon,
+    }
+    if hierarchy is not None:
+        out["cells"] = hierarchy.assign(lat, lon)
+    return out
