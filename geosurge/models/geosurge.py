@@ -1,6 +1,6 @@
 """GeoSURGE (design.md §1.1): semantic fusion over a timm backbone + a hierarchy of geocell embeddings.
 
-image ─ backbone ─ RGB tokens (CLS + patches) ───────────────┐ keys/values
+image ─ backbone ─ RGB tokens (CLS + patches) ───────────────┐ keys/values (with the queries)
 label map ─ one-hot pooled to the patch grid ─ linear ─ semantic tokens ─┴ queries (CLS prepended)
         → N × [cross-attention + MLP, residuals, LayerNorm] → fused CLS → LayerNorm → linear → v
 v · g_l / τ_l against every cell embedding g_l of each level l → InfoNCE per level, summed.
@@ -47,7 +47,10 @@ class HierarchySpec:
 
 
 class FusionBlock(nn.Module):
-    """Cross-attention (semantic queries → RGB keys/values) then an MLP, pre-LayerNorm with residuals."""
+    """Cross-attention (semantic queries → RGB keys/values) then an MLP, pre-LayerNorm with residuals.
+
+    The keys/values are the RGB tokens *and* the current queries: with RGB keys alone, the CLS query could
+    never read the semantic tokens, and the fused CLS would not depend on the label map at all."""
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0):
         super().__init__()
@@ -59,7 +62,7 @@ class FusionBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
     def forward(self, queries: torch.Tensor, rgb_tokens: torch.Tensor) -> torch.Tensor:
-        kv = self.norm_kv(rgb_tokens)
+        kv = self.norm_kv(torch.cat([rgb_tokens, queries], dim=1))
         x = queries + self.attn(self.norm_q(queries), kv, kv, need_weights=False)[0]
         return x + self.mlp(self.norm_mlp(x))
 
@@ -137,7 +140,7 @@ class GeoSurge(nn.Module):
 
     def semantic_tokens(self, label_map: torch.Tensor) -> torch.Tensor:
         """uint8 [B,g,g] ADE20K ids → [B, grid_h*grid_w, dim]: one-hot, pooled to the patch grid, projected."""
-        one_hot = F.one_hot(label_map.long(), self.semantic_classes).permute(0, 3, 1, 2).float()
+        one_hot = F.one_hot(label_map.long(), self.semantic_classes).permute(0, 3, 1, 2).to(self.semantic_pos.dtype)
         if tuple(one_hot.shape[-2:]) != self.grid:  # stored grid ≠ model grid: class fractions per patch
             one_hot = F.adaptive_avg_pool2d(one_hot, self.grid)
         return self.semantic_proj(one_hot.flatten(2).transpose(1, 2)) + self.semantic_pos
