@@ -62,12 +62,12 @@ class TrainConfig:
     cpus_per_worker: float = 1.0
     zero_stage: int = 2
     bf16: bool = False
-    epochs: int = 6
+    epochs: int = 8
     batch_size: int = 32  # per worker, per micro-step
     gradient_accumulation_steps: int = 1
-    lr: float = 1e-3
+    lr: float = 2e-3
     weight_decay: float = 1e-4
-    lr_decay: float = 0.5  # lr multiplied by this after every epoch (paper: 0.5)
+    lr_decay: float = 0.75  # lr multiplied by this after every epoch (paper: 0.5 over MP-16 epochs)
     seed: int = 0
 
 

@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import psutil
@@ -41,19 +42,36 @@ def ray_head():
            "RAY_USAGE_STATS_ENABLED": "0"}
     temp_dir = tempfile.mkdtemp(prefix="gsray", dir="/tmp")  # short: Ray's socket paths have a length limit
     dashboard = _free_port()
-    subprocess.run(
-        [str(bin_dir / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={_free_port()}",
-         f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
-         "--num-cpus=4", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
-        env=env, check=True, capture_output=True, timeout=180,
+    # Every port explicit and free: Ray's fixed defaults (10001, 52365, …) would clash with any other Ray here.
+    ports = {flag: _free_port() for flag in (
+        "--port", "--ray-client-server-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
+        "--runtime-env-agent-port", "--metrics-export-port", "--node-manager-port", "--object-manager-port")}
+    head = subprocess.run(
+        [str(bin_dir / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--dashboard-port={dashboard}",
+         "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--num-cpus=4", f"--temp-dir={temp_dir}",
+         "--disable-usage-stats", *(f"{flag}={port}" for flag, port in ports.items())],
+        env=env, capture_output=True, text=True, timeout=180,
     )
+    assert head.returncode == 0, head.stdout + head.stderr
     try:
         yield f"http://127.0.0.1:{dashboard}", env
     finally:
-        for proc in psutil.process_iter(["cmdline"]):
-            if temp_dir in " ".join(proc.info["cmdline"] or []):
+        # The head's processes and all their descendants (agents retitle themselves "ray::…").
+        marks = (temp_dir, f":{ports['--port']}")  # the client server names only the GCS address
+        roots = [p for p in psutil.process_iter(["cmdline"]) if any(m in " ".join(p.info["cmdline"] or []) for m in marks)]
+        for proc in {q for p in roots for q in [p, *_descendants(p)]}:
+            try:
                 proc.kill()
+            except psutil.NoSuchProcess:
+                pass
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _descendants(proc: psutil.Process) -> list[psutil.Process]:
+    try:
+        return proc.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
 
 
 @pytest.mark.slow
@@ -61,12 +79,14 @@ def test_full_pipeline_as_ray_job_registers_a_model_consumers_can_load(ray_head,
     address, env = ray_head
     run_dir = tmp_path / "run"
     overrides = [arg for kv in SMALL_RUN + [f"output_dir={run_dir}"] for arg in ("--set", kv)]
-    job = subprocess.run(
-        [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO),
-         "--", "python", "workflows/full_pipeline.py", *overrides],
-        env=env, capture_output=True, text=True, timeout=1200,
-    )
-    log = job.stdout + job.stderr
+    submit = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address, "--working-dir",
+              str(REPO), "--", "python", "workflows/full_pipeline.py", *overrides]
+    for _ in range(30):  # the head's job agent comes up a few seconds after `ray start` returns
+        job = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=1200)
+        log = job.stdout + job.stderr
+        if "No available agent to submit job" not in log:
+            break
+        time.sleep(2)
     assert job.returncode == 0, log[-6000:]
     assert "succeeded" in log.lower(), log[-3000:]
     assert "ingest: 240 in = 240 in shards + 0 quarantined" in log
@@ -78,7 +98,7 @@ def test_full_pipeline_as_ray_job_registers_a_model_consumers_can_load(ray_head,
     tracking_uri = f"sqlite:///{run_dir / 'mlflow.db'}"
     client = MlflowClient(tracking_uri)
     version = client.get_model_version_by_alias("geosurge", "challenger")
-    assert version.version == "1"
+    assert str(version.version) == "1"
     run = client.get_run(version.run_id)
     assert run.data.params["train.zero_stage"] == "2" and run.data.params["train.num_workers"] == "2"
     assert {"train_loss", "test_acc_2500km", "test_median_km", "ingest_shard_rows"} <= set(run.data.metrics)
