@@ -74,6 +74,9 @@ class TrainConfig:
 @dataclass
 class TrackingConfig:
     tracking_uri: str | None = None  # None: sqlite file under the run's output folder
+    # Where a new experiment keeps run artifacts. None: <output_dir>/mlartifacts for a local store (sqlite or
+    # file), else the tracking server's own default (e.g. its S3 artifact root).
+    artifact_location: str | None = None
     experiment: str = "geosurge"
     registered_model: str = "geosurge"
     alias: str = "challenger"
@@ -110,6 +113,15 @@ class PipelineConfig:
     @property
     def resolved_tracking_uri(self) -> str:
         return self.tracking.tracking_uri or f"sqlite:///{Path(self.output_dir, 'mlflow.db').absolute()}"
+
+    @property
+    def resolved_artifact_location(self) -> str | None:
+        if self.tracking.artifact_location:
+            return self.tracking.artifact_location
+        if self.resolved_tracking_uri.startswith(("sqlite:", "file:")):
+            # MLflow's own default for these stores is ./mlruns under whatever the current directory is
+            return Path(self.output_dir, "mlartifacts").absolute().as_uri()
+        return None
 
     # -- (de)serialisation ---------------------------------------------------------------------------
     def to_dict(self, redact_secrets: bool = True) -> dict[str, Any]:

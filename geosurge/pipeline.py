@@ -47,6 +47,8 @@ def start_mlflow_run(config: PipelineConfig):
 
     Path(config.output_dir).mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(config.resolved_tracking_uri)
+    if mlflow.get_experiment_by_name(config.tracking.experiment) is None:
+        mlflow.create_experiment(config.tracking.experiment, artifact_location=config.resolved_artifact_location)
     mlflow.set_experiment(config.tracking.experiment)
     run = mlflow.start_run(run_name=config.run_name)
     mlflow.log_params({k: str(v)[:500] for k, v in flatten(config.to_dict()).items()})

@@ -104,6 +104,7 @@ def test_full_pipeline_as_ray_job_registers_a_model_consumers_can_load(ray_head,
     assert {"train_loss", "test_acc_2500km", "test_median_km", "ingest_shard_rows"} <= set(run.data.metrics)
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 2  # one point per epoch
     assert run.data.tags["segmenter_random_init"] == "True"
+    assert run.info.artifact_uri.startswith(run_dir.as_uri())  # artifacts live with the run, not in the cwd
 
     # A consumer loads the version by alias and asks where a photo was taken.
     mlflow.set_tracking_uri(tracking_uri)
