@@ -42,8 +42,31 @@ class IngestConfig:
 
 
 @dataclass
+class GeoClipConfig:
+    """GeoCLIP (design.md §1.2): image head + random-Fourier-feature location encoder, GPS gallery retrieval."""
+
+    embed_dim: int = 512
+    rff_sigmas: tuple[float, ...] = (2.0**0, 2.0**4, 2.0**8)
+    queue_size: int = 4096  # past GPS coordinates used as extra negatives
+    gallery: str = "geoclip"  # "geoclip": the package's 100K GPS gallery; else a Parquet/CSV URI with lat, lon
+    pretrained_location_encoder: bool = True  # the released weights that ship inside the geoclip package
+    logit_scale_init: float = 2.6592  # log(1/0.07), as CLIP; the released model learned 3.681
+
+
+@dataclass
+class GeoDecoderConfig:
+    """GeoDecoder (design.md §1.3): one query per (hierarchy level × scene)."""
+
+    num_scenes: int = 3  # indoor / natural / urban
+    encoder_layers: int = 2
+    decoder_layers: int = 2
+    hierarchy_layers: int = 1
+    heads: int = 4
+
+
+@dataclass
 class ModelConfig:
-    name: str = "geosurge"
+    name: str = "geosurge"  # see geosurge.models.list_models()
     backbone: str = "vit_tiny_patch16_224"
     backbone_kwargs: dict[str, Any] = field(default_factory=lambda: {"img_size": 64, "patch_size": 8, "depth": 4})
     pretrained: bool = False  # True loads hub weights (needs internet)
@@ -53,6 +76,9 @@ class ModelConfig:
     fusion_blocks: int = 3
     fusion_heads: int = 4
     temperature_init: float = 0.07
+    cell_init: str = "random"  # "geoclip": cell embeddings from GeoCLIP's location encoder at each cell's coordinate
+    geoclip: GeoClipConfig = field(default_factory=GeoClipConfig)
+    geodecoder: GeoDecoderConfig = field(default_factory=GeoDecoderConfig)
 
 
 @dataclass

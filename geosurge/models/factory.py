@@ -1,4 +1,10 @@
-"""One registry to create every model by name, as timm's `create_model` does."""
+"""One registry to create every model by name, as timm's `create_model` does.
+
+A model module registers a builder with `@register_model("name")`; the builder takes the run's
+`ModelConfig` and the `HierarchySpec` of the geocells. Every model answers the same two calls:
+`forward(batch) -> {"loss", ...}` for training (batch keys: image, label_map, lat, lon, cells) and
+`predict(batch, k) -> {"lat", "lon", "score"[, "cell"]}` (top-k, best first) for inference.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +13,16 @@ from typing import Callable
 import torch.nn as nn
 
 from geosurge.config import ModelConfig
-from geosurge.models.geosurge import GeoSurge, HierarchySpec
+from geosurge.models.hierarchy import HierarchySpec
 
-_MODELS: dict[str, Callable[[ModelConfig, HierarchySpec], nn.Module]] = {}
+ModelBuilder = Callable[[ModelConfig, HierarchySpec], nn.Module]
+_MODELS: dict[str, ModelBuilder] = {}
 
 
-def register_model(name: str):
-    def wrap(fn: Callable[[ModelConfig, HierarchySpec], nn.Module]):
+def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
+    def wrap(fn: ModelBuilder) -> ModelBuilder:
+        if name in _MODELS:
+            raise ValueError(f"model {name!r} is registered twice")
         _MODELS[name] = fn
         return fn
 
@@ -28,19 +37,3 @@ def create_model(config: ModelConfig, hierarchy: HierarchySpec) -> nn.Module:
     if config.name not in _MODELS:
         raise ValueError(f"unknown model {config.name!r}; registered: {list_models()}")
     return _MODELS[config.name](config, hierarchy)
-
-
-@register_model("geosurge")
-def _geosurge(config: ModelConfig, hierarchy: HierarchySpec) -> GeoSurge:
-    return GeoSurge(
-        hierarchy,
-        backbone=config.backbone,
-        backbone_kwargs=config.backbone_kwargs,
-        pretrained=config.pretrained,
-        trainable_blocks=config.trainable_blocks,
-        embed_dim=config.embed_dim,
-        fusion=config.fusion,
-        fusion_blocks=config.fusion_blocks,
-        fusion_heads=config.fusion_heads,
-        temperature_init=config.temperature_init,
-    )

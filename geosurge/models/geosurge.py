@@ -10,40 +10,16 @@ Inference: per-level softmax; a finest cell's score is its probability times its
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
 import numpy as np
-import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from geosurge.data.ade20k import NUM_ADE20K_CLASSES
-from geosurge.geo.geocells import GeocellHierarchy
-
-
-@dataclass(frozen=True)
-class HierarchySpec:
-    """What the model needs of a GeocellHierarchy: cells per level, parent links, finest-cell coordinates."""
-
-    num_cells: tuple[int, ...]
-    parents: tuple[np.ndarray, ...]  # parents[l][i]: index in level l-1 of cell i of level l (-1 at level 0)
-    finest_lat: np.ndarray
-    finest_lon: np.ndarray
-
-    @classmethod
-    def from_hierarchy(cls, h: GeocellHierarchy) -> "HierarchySpec":
-        lat, lon = h.cell_coordinates(h.num_levels - 1)
-        return cls(tuple(h.num_cells), tuple(np.asarray(h.parents(l)) for l in range(h.num_levels)), lat, lon)
-
-    def ancestors(self) -> np.ndarray:
-        """[num_levels, n_finest]: the index at every level of each finest cell's ancestor (itself last)."""
-        levels = len(self.num_cells)
-        out = np.empty((levels, self.num_cells[-1]), dtype=np.int64)
-        out[-1] = np.arange(self.num_cells[-1])
-        for level in range(levels - 1, 0, -1):
-            out[level - 1] = self.parents[level][out[level]]
-        return out
+from geosurge.config import ModelConfig
+from geosurge.models.backbone import Backbone
+from geosurge.models.factory import register_model
+from geosurge.models.hierarchy import HierarchySpec
 
 
 class FusionBlock(nn.Module):
@@ -90,17 +66,9 @@ class GeoSurge(nn.Module):
         semantic_classes: int = NUM_ADE20K_CLASSES,
     ):
         super().__init__()
-        self.backbone = timm.create_model(backbone, pretrained=pretrained, num_classes=0, **(backbone_kwargs or {}))
-        if not hasattr(self.backbone, "patch_embed"):
-            raise ValueError(f"backbone {backbone!r} yields no patch tokens (needs a ViT-style patch_embed)")
-        self.grid = tuple(self.backbone.patch_embed.grid_size)
-        self.num_prefix_tokens = getattr(self.backbone, "num_prefix_tokens", 1)
-        dim = self.backbone.num_features
-        cfg = self.backbone.pretrained_cfg
-        self.register_buffer("pixel_mean", torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406))).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1), persistent=False)
-        if trainable_blocks is not None:
-            self._freeze_backbone_except_last(trainable_blocks)
+        self.backbone = Backbone(backbone, backbone_kwargs, pretrained, trainable_blocks)
+        self.grid = self.backbone.grid
+        dim = self.backbone.dim
 
         self.semantic_classes = semantic_classes
         self.use_fusion = fusion
@@ -119,24 +87,9 @@ class GeoSurge(nn.Module):
         self.register_buffer("ancestors", torch.from_numpy(hierarchy.ancestors()), persistent=False)
         self.register_buffer("finest_latlon", torch.from_numpy(np.stack([hierarchy.finest_lat, hierarchy.finest_lon], 1)), persistent=False)
 
-    def _freeze_backbone_except_last(self, k: int) -> None:
-        for p in self.backbone.parameters():
-            p.requires_grad_(False)
-        blocks = list(self.backbone.blocks)
-        for block in blocks[len(blocks) - k:] if k > 0 else []:
-            for p in block.parameters():
-                p.requires_grad_(True)
-        for p in self.backbone.norm.parameters():  # the final norm feeds the fusion: train it with the last blocks
-            p.requires_grad_(k > 0)
-
     @property
     def num_levels(self) -> int:
         return len(self.cell_embeddings)
-
-    def _pixels(self, image: torch.Tensor) -> torch.Tensor:
-        if image.dtype == torch.uint8:  # [B,H,W,3] straight from the shards
-            image = image.permute(0, 3, 1, 2).float().div(255)
-        return (image - self.pixel_mean) / self.pixel_std
 
     def semantic_tokens(self, label_map: torch.Tensor) -> torch.Tensor:
         """uint8 [B,g,g] ADE20K ids → [B, grid_h*grid_w, dim]: one-hot, pooled to the patch grid, projected."""
@@ -146,7 +99,7 @@ class GeoSurge(nn.Module):
         return self.semantic_proj(one_hot.flatten(2).transpose(1, 2)) + self.semantic_pos
 
     def embed(self, image: torch.Tensor, label_map: torch.Tensor | None) -> torch.Tensor:
-        tokens = self.backbone.forward_features(self._pixels(image))  # [B, prefix + patches, dim]
+        tokens = self.backbone(image)  # [B, 1 + patches, dim]
         cls = tokens[:, :1]
         if self.use_fusion:
             if label_map is None:
@@ -186,3 +139,19 @@ class GeoSurge(nn.Module):
         top = log_scores.topk(min(k, log_scores.shape[1]), dim=-1)
         latlon = self.finest_latlon[top.indices]
         return {"cell": top.indices, "score": top.values.exp(), "lat": latlon[..., 0], "lon": latlon[..., 1]}
+
+
+@register_model("geosurge")
+def _build(config: ModelConfig, hierarchy: HierarchySpec) -> GeoSurge:
+    return GeoSurge(
+        hierarchy,
+        backbone=config.backbone,
+        backbone_kwargs=config.backbone_kwargs,
+        pretrained=config.pretrained,
+        trainable_blocks=config.trainable_blocks,
+        embed_dim=config.embed_dim,
+        fusion=config.fusion,
+        fusion_blocks=config.fusion_blocks,
+        fusion_heads=config.fusion_heads,
+        temperature_init=config.temperature_init,
+    )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +22,7 @@ from ray.train.torch import TorchTrainer
 
 from geosurge.config import PipelineConfig, TrainConfig
 from geosurge.geo.geocells import GeocellHierarchy
-from geosurge.models import create_model
-from geosurge.models.geosurge import HierarchySpec
+from geosurge.models import HierarchySpec, create_model
 from geosurge.train.data import read_split, to_model_batch
 
 DEFAULT_EXTENSIONS_DIR = str(Path.home() / ".cache" / "geosurge" / "torch_extensions")
@@ -47,6 +47,8 @@ def build_model(config: PipelineConfig, hierarchy: GeocellHierarchy) -> torch.nn
 def train_loop_per_worker(loop_config: dict) -> None:
     # DeepSpeed JIT-compiles two small C++ ops on first use; a shared cache makes later runs skip it.
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", DEFAULT_EXTENSIONS_DIR)
+    # DeepSpeed calls torch.distributed collectives that torch deprecates; one warning per step drowns the log.
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
     import deepspeed
 
     config = PipelineConfig.from_dict(loop_config["config"])
@@ -92,7 +94,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             "train_loss": loss_sum / max(batches, 1),
             "lr": lr,
             "samples_per_s": samples * context.get_world_size() / max(seconds, 1e-9),
-            "temperature_finest": float(engine.module.log_temperature[-1].exp()),
+            "temperature_finest": float(engine.module.log_temperature[-1].detach().exp()),
         }
         with tempfile.TemporaryDirectory() as ckpt_dir:
             engine.save_checkpoint(ckpt_dir, client_state={"epoch": epoch})

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from geosurge.config import ModelConfig
 from geosurge.geo.geocells import GeocellHierarchy
 from geosurge.models import create_model, list_models
-from geosurge.models.geosurge import HierarchySpec
+from geosurge.models import HierarchySpec
 
 TINY = {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 48, "num_heads": 2}
 
@@ -58,7 +58,7 @@ def test_every_trainable_parameter_gets_a_finite_gradient(hierarchy, name, fusio
 def test_frozen_backbone_blocks_get_no_gradient(hierarchy):
     model = _model(hierarchy, trainable_blocks=1)
     model(_batch(hierarchy))["loss"].backward()
-    frozen = [n for n, p in model.named_parameters() if n.startswith("backbone.") and not n.startswith(("backbone.blocks.1.", "backbone.norm."))]
+    frozen = [n for n, p in model.named_parameters() if n.startswith("backbone.") and not n.startswith(("backbone.model.blocks.1.", "backbone.model.norm."))]
     assert frozen
     for n, p in model.named_parameters():
         if n in frozen:
