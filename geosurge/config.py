@@ -33,7 +33,9 @@ class RayConfig:
 class IngestConfig:
     image_size: int = 64  # images are resized (short side) and centre-cropped to this square
     label_grid: int = 8  # label maps are pooled to this grid: the backbone's patch grid
-    segmenter: str = "random"  # hub id or local transformers checkpoint folder; "random": random-init SegFormer
+    # hub id or local transformers checkpoint folder; "random": a random-init SegFormer (says so in every run);
+    # "ground_truth": the manifest's own label maps (label_uri), an oracle for benchmarks and ablations
+    segmenter: str = "random"
     segment_batch_size: int = 32
     segment_actors: int = 1  # size of the segmentation actor pool
     gpus_per_segment_actor: float = 0.0

@@ -20,7 +20,7 @@ import numpy as np
 from geosurge.config import PipelineConfig, load_config
 from geosurge.data import storage
 from geosurge.data.geoworld import generate_geoworld
-from geosurge.data.ingest import ingest
+from geosurge.data.ingest import GROUND_TRUTH_SEGMENTER, ingest
 from geosurge.data.segment import Segmenter
 from geosurge.eval.evaluate import baseline_metrics, evaluate_split
 from geosurge.geo.geocells import GeocellHierarchy
@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.epochs=2")
     args = parser.parse_args(argv)
     config: PipelineConfig = load_config(args.config, args.set)
+    if config.ingest.segmenter == GROUND_TRUTH_SEGMENTER:
+        parser.error("ingest.segmenter=ground_truth is an oracle for benchmarks: the registered model "
+                     "would have no segmenter for new photos")
     started = time.time()
     root = config.resolved_data_root
     print(f"GeoSURGE pipeline '{config.run_name}' (config {config.fingerprint()}); data root {root}")

@@ -72,3 +72,28 @@ def encode_jpeg(array: np.ndarray, quality: int = 92) -> bytes:
 def decode_jpeg(data: bytes) -> np.ndarray:
     """Shard image bytes (already validated and resized) → uint8 RGB array."""
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.uint8)
+
+
+def decode_label_map(data: bytes, spec: ImageSpec, grid: int) -> np.ndarray:
+    """A ground-truth label map (PNG of class ids) → uint8 [grid, grid]: the same fit as `decode_image` (so it
+    stays aligned with its image), then the majority class of each patch."""
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except (UnidentifiedImageError, OSError) as e:
+        raise ImageRejected("bad_label_map", str(e)) from None
+    if img.mode not in ("L", "P"):
+        raise ImageRejected("bad_label_map", f"label maps are single-channel class ids, got mode {img.mode}")
+    labels = np.asarray(ImageOps.fit(img, (spec.size, spec.size), method=Image.Resampling.NEAREST), dtype=np.uint8)
+    return majority_pool(labels, grid)
+
+
+def majority_pool(labels: np.ndarray, grid: int) -> np.ndarray:
+    """uint8 [H, W] class ids → uint8 [grid, grid]: the most frequent class in each patch (ties: lowest id)."""
+    h, w = labels.shape
+    if h % grid or w % grid:
+        raise ValueError(f"a {h}x{w} label map does not split into a {grid}x{grid} grid")
+    patches = labels.reshape(grid, h // grid, grid, w // grid).transpose(0, 2, 1, 3).reshape(grid * grid, -1)
+    counts = np.zeros((grid * grid, 256), np.int32)
+    np.add.at(counts, (np.repeat(np.arange(grid * grid), patches.shape[1]), patches.ravel()), 1)
+    return counts.argmax(axis=1).astype(np.uint8).reshape(grid, grid)

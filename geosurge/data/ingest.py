@@ -24,14 +24,18 @@ from ray.data import ActorPoolStrategy
 
 from geosurge.config import IngestConfig
 from geosurge.data import storage
-from geosurge.data.images import ImageRejected, ImageSpec, decode_image, decode_jpeg, encode_jpeg
+from geosurge.data.images import ImageRejected, ImageSpec, decode_image, decode_jpeg, decode_label_map, encode_jpeg
 from geosurge.data.manifest import QUARANTINE_SCHEMA, read_manifest
-from geosurge.data.segment import Segmenter
+from geosurge.data.segment import RANDOM_SEGMENTER, Segmenter
 
 log = logging.getLogger(__name__)
 
 DECODE_STAGE = "decode"
 FETCH_STAGE = "fetch"
+# An oracle segmenter for benchmarks and ablations: the manifest's own label maps (`label_uri`, as GeoWorld
+# writes them) instead of a model's predictions. A model trained on it has no segmenter to serve with.
+GROUND_TRUTH_SEGMENTER = "ground_truth"
+STATUS_COLUMNS = ["reason", "detail", "stage"]
 
 
 @dataclass
@@ -65,16 +69,21 @@ class IngestResult:
         return {**asdict(self), "quarantined": self.quarantined, "reconciles": self.reconciles}
 
 
-def fetch_decode(batch: pa.Table, spec: ImageSpec, s3: storage.S3Config | None) -> pa.Table:
-    """Ray Data UDF: read each row's bytes from storage, decode, resize, re-encode as compact JPEG.
+def fetch_decode(
+    batch: pa.Table, spec: ImageSpec, s3: storage.S3Config | None, label_grid: int | None = None
+) -> pa.Table:
+    """Ray Data UDF: read each row's bytes from storage, decode, resize, re-encode as compact JPEG. With
+    `label_grid`, also read the row's ground-truth label map (`label_uri`) and pool it to that grid.
 
     Failures become `reason`/`detail`/`stage` on the row instead of exceptions."""
-    images, reasons, details, stages = [], [], [], []
-    for uri in batch.column("uri").to_pylist():
-        image, reason, detail, stage = None, None, None, None
+    images, label_maps, reasons, details, stages = [], [], [], [], []
+    label_uris = batch.column("label_uri").to_pylist() if label_grid else [None] * batch.num_rows
+    for uri, label_uri in zip(batch.column("uri").to_pylist(), label_uris):
+        image, label_map, reason, detail, stage = None, None, None, None, None
         try:
-            data = storage.read_bytes(uri, s3)
-            image = encode_jpeg(decode_image(data, spec))
+            image = encode_jpeg(decode_image(storage.read_bytes(uri, s3), spec))
+            if label_grid:
+                label_map = decode_label_map(storage.read_bytes(label_uri, s3), spec, label_grid).tobytes()
         except FileNotFoundError as e:
             reason, detail, stage = "not_found", str(e), FETCH_STAGE
         except ImageRejected as e:
@@ -82,12 +91,17 @@ def fetch_decode(batch: pa.Table, spec: ImageSpec, s3: storage.S3Config | None) 
         except OSError as e:  # storage errors other than a missing object
             reason, detail, stage = "fetch_error", str(e), FETCH_STAGE
         images.append(image)
+        label_maps.append(label_map)
         reasons.append(reason)
         details.append(detail)
         stages.append(stage)
+    batch = batch.append_column("image", pa.array(images, pa.binary()))
+    if label_grid:
+        batch = batch.append_column("label_map", pa.array(label_maps, pa.binary())).append_column(
+            "label_grid", pa.array(np.full(batch.num_rows, label_grid, np.int32))
+        )
     return (
-        batch.append_column("image", pa.array(images, pa.binary()))
-        .append_column("reason", pa.array(reasons, pa.string()))
+        batch.append_column("reason", pa.array(reasons, pa.string()))
         .append_column("detail", pa.array(details, pa.string()))
         .append_column("stage", pa.array(stages, pa.string()))
     )
@@ -104,7 +118,7 @@ class SegmentLabelMaps:
         images = np.stack([decode_jpeg(b) for b in batch.column("image").to_pylist()])
         maps = self.segmenter.label_maps(images)
         return (
-            batch.drop_columns(["reason", "detail", "stage"])
+            batch.drop_columns(STATUS_COLUMNS)
             .append_column("label_map", pa.array([m.tobytes() for m in maps], pa.binary()))
             .append_column("label_grid", pa.array(np.full(len(maps), self.grid, np.int32)))
         )
@@ -112,6 +126,10 @@ class SegmentLabelMaps:
 
 def _ok_rows(batch: pa.Table) -> pa.Table:
     return batch.filter(pc.is_null(batch.column("reason")))
+
+
+def _without_status(batch: pa.Table) -> pa.Table:
+    return batch.drop_columns(STATUS_COLUMNS)
 
 
 def _failed_rows(batch: pa.Table) -> pa.Table:
@@ -145,17 +163,26 @@ def ingest(
     _, shards_path = storage.resolve(shards_uri, s3)
     _, quarantine_path = storage.resolve(quarantine_uri, s3)
 
+    ground_truth = config.segmenter == GROUND_TRUTH_SEGMENTER
+    if ground_truth and "label_uri" not in manifest.column_names:
+        raise ValueError("ingest.segmenter=ground_truth reads each row's label_uri; this manifest has none")
     spec = ImageSpec(size=config.image_size, max_pixels=config.max_image_pixels)
     blocks = max(1, min(64, manifest.num_rows // 100))
     decoded = (
         ray.data.from_arrow(manifest)
         .repartition(blocks)
-        .map_batches(fetch_decode, fn_kwargs={"spec": spec, "s3": s3}, batch_format="pyarrow")
+        .map_batches(
+            fetch_decode,
+            fn_kwargs={"spec": spec, "s3": s3, "label_grid": config.label_grid if ground_truth else None},
+            batch_format="pyarrow",
+        )
         .materialize()  # decoded once, then split into shards and quarantine
     )
-    (
-        decoded.map_batches(_ok_rows, batch_format="pyarrow")
-        .map_batches(
+    ok = decoded.map_batches(_ok_rows, batch_format="pyarrow")
+    if ground_truth:
+        ok = ok.map_batches(_without_status, batch_format="pyarrow")
+    else:
+        ok = ok.map_batches(
             SegmentLabelMaps,
             fn_constructor_args=(config.segmenter, config.label_grid),
             batch_size=config.segment_batch_size,
@@ -163,8 +190,7 @@ def ingest(
             compute=ActorPoolStrategy(size=config.segment_actors),
             num_gpus=config.gpus_per_segment_actor,
         )
-        .write_parquet(shards_path, filesystem=fs, min_rows_per_file=config.shard_rows)
-    )
+    ok.write_parquet(shards_path, filesystem=fs, min_rows_per_file=config.shard_rows)
     decoded.map_batches(_failed_rows, batch_format="pyarrow").write_parquet(quarantine_path, filesystem=fs)
     if manifest_quarantine.num_rows:
         from geosurge.data.manifest import write_quarantine
@@ -185,7 +211,7 @@ def ingest(
         shard_rows=shard_rows,
         quarantined_by_reason=by_reason,
         segmenter=config.segmenter,
-        segmenter_is_random=config.segmenter == "random",
+        segmenter_is_random=config.segmenter == RANDOM_SEGMENTER,
         seconds=time.time() - start,
     )
     storage.write_bytes(storage.join(output_uri, "ingest_report.json"), json.dumps(result.to_dict(), indent=2).encode(), s3)

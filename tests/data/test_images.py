@@ -69,3 +69,14 @@ def test_exif_orientation_is_applied():
     out = decode_image(_encode(img, "PNG", exif=exif), ImageSpec(size=30))
     # Displayed upright it is 30 wide × 60 tall with black on top: the centre crop's top row is dark.
     assert out[0].mean() < 60 and out[-1].mean() > 200
+
+
+def test_majority_pool_takes_each_patch_s_most_frequent_class():
+    from geosurge.data.images import majority_pool
+
+    labels = np.zeros((8, 8), np.uint8)
+    labels[:4, :4], labels[:4, 4:], labels[4:, :] = 5, 7, 9
+    labels[0, 0] = 1  # a minority pixel does not win its patch
+    assert majority_pool(labels, 2).tolist() == [[5, 7], [9, 9]]
+    with pytest.raises(ValueError, match="grid"):
+        majority_pool(labels, 3)

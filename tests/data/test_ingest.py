@@ -71,3 +71,24 @@ def test_bad_records_are_quarantined_with_reasons_and_counts_reconcile(ray_local
     again = ingest(manifest_uri, str(tmp_path / "out"), config)
     assert again.shard_rows == result.shard_rows and again.quarantined == result.quarantined
     assert pq.read_table(str(tmp_path / "out" / "shards")).num_rows == result.shard_rows
+
+
+def test_ground_truth_label_maps_are_pooled_from_the_manifest(ray_local, tmp_path):
+    from geosurge.data.images import ImageSpec, decode_label_map
+
+    manifest_uri = generate_geoworld(GeoWorldConfig(num_images=8, image_size=32, seed=9), str(tmp_path / "gw"), progress=False)
+    config = IngestConfig(image_size=32, label_grid=4, segmenter="ground_truth")
+    result = ingest(manifest_uri, str(tmp_path / "out"), config)
+    assert result.reconciles and result.shard_rows == 8 and not result.segmenter_is_random
+    label_uris = {r["image_id"]: r["label_uri"] for r in pq.read_table(manifest_uri).to_pylist()}
+    for row in pq.read_table(str(tmp_path / "out" / "shards")).to_pylist():
+        with open(label_uris[row["image_id"]], "rb") as f:
+            expected = decode_label_map(f.read(), ImageSpec(size=32), 4)
+        assert row["label_map"] == expected.tobytes()
+
+
+def test_ground_truth_needs_label_uris(ray_local, tmp_path):
+    uri = str(tmp_path / "m.parquet")
+    pq.write_table(pa.Table.from_pylist([{"image_id": "a", "uri": "/nope.jpg", "lat": 1.0, "lon": 2.0}]), uri)
+    with pytest.raises(ValueError, match="label_uri"):
+        ingest(uri, str(tmp_path / "out"), IngestConfig(segmenter="ground_truth"))
