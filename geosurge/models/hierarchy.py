@@ -11,17 +11,23 @@ from geosurge.geo.geocells import GeocellHierarchy
 
 @dataclass(frozen=True)
 class HierarchySpec:
-    """What the model needs of a GeocellHierarchy: cells per level, parent links, finest-cell coordinates."""
+    """What a model needs of a GeocellHierarchy: cells per level, parent links, every cell's coordinate."""
 
     num_cells: tuple[int, ...]
     parents: tuple[np.ndarray, ...]  # parents[l][i]: index in level l-1 of cell i of level l (-1 at level 0)
-    finest_lat: np.ndarray
-    finest_lon: np.ndarray
+    lat: tuple[np.ndarray, ...]  # lat[l][i]: the coordinate of cell i of level l (mean of its members)
+    lon: tuple[np.ndarray, ...]
 
     @classmethod
     def from_hierarchy(cls, h: GeocellHierarchy) -> "HierarchySpec":
-        lat, lon = h.cell_coordinates(h.num_levels - 1)
-        return cls(tuple(h.num_cells), tuple(np.asarray(h.parents(l)) for l in range(h.num_levels)), lat, lon)
+        levels = range(h.num_levels)
+        coords = [h.cell_coordinates(l) for l in levels]
+        return cls(tuple(h.num_cells), tuple(np.asarray(h.parents(l)) for l in levels),
+                   tuple(c[0] for c in coords), tuple(c[1] for c in coords))
+
+    def latlon(self, level: int = -1) -> np.ndarray:
+        """[n_cells, 2] (lat, lon) of one level's cells; the finest level by default."""
+        return np.stack([self.lat[level], self.lon[level]], axis=1)
 
     def ancestors(self) -> np.ndarray:
         """[num_levels, n_finest]: the index at every level of each finest cell's ancestor (itself last)."""

@@ -94,8 +94,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
             "train_loss": loss_sum / max(batches, 1),
             "lr": lr,
             "samples_per_s": samples * context.get_world_size() / max(seconds, 1e-9),
-            "temperature_finest": float(engine.module.log_temperature[-1].detach().exp()),
         }
+        if hasattr(engine.module, "log_temperature"):  # GeoSURGE's learned per-level temperatures
+            metrics["temperature_finest"] = float(engine.module.log_temperature[-1].detach().exp())
         with tempfile.TemporaryDirectory() as ckpt_dir:
             engine.save_checkpoint(ckpt_dir, client_state={"epoch": epoch})
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(ckpt_dir))

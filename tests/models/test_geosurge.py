@@ -9,8 +9,7 @@ import torch.nn.functional as F
 
 from geosurge.config import ModelConfig
 from geosurge.geo.geocells import GeocellHierarchy
-from geosurge.models import create_model, list_models
-from geosurge.models import HierarchySpec
+from geosurge.models import HierarchySpec, create_model
 
 TINY = {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 48, "num_heads": 2}
 
@@ -43,10 +42,9 @@ def test_hierarchy_has_several_levels_of_growing_size(hierarchy):
     assert hierarchy.num_levels == 3 and hierarchy.num_cells[0] < hierarchy.num_cells[-1]
 
 
-@pytest.mark.parametrize("name", list_models())
 @pytest.mark.parametrize("fusion", [True, False])
-def test_every_trainable_parameter_gets_a_finite_gradient(hierarchy, name, fusion):
-    model = _model(hierarchy, name=name, fusion=fusion)
+def test_every_trainable_parameter_gets_a_finite_gradient(hierarchy, fusion):
+    model = _model(hierarchy, fusion=fusion)
     out = model(_batch(hierarchy))
     assert torch.isfinite(out["loss"]) and out["embedding"].shape == (6, 16)
     out["loss"].backward()
@@ -123,3 +121,140 @@ def test_loss_equals_float64_reference(hierarchy):
 def test_unknown_model_name_is_a_clear_error(hierarchy):
     with pytest.raises(ValueError, match="registered"):
         _model(hierarchy, name="nope")
+
+
+# --- beam search and ten-crop inference -------------------------------------------------------------------
+
+from torchvision.transforms.v2 import functional as TVF  # noqa: E402  (an independent ten-crop reference)
+
+from geosurge.models.geosurge import ten_crop_views  # noqa: E402
+
+
+def _embeddings(n: int = 5, dim: int = 16, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(n, dim, generator=gen), dim=-1)
+
+
+def test_beam_wider_than_every_level_equals_exact_scoring(hierarchy):
+    model = _model(hierarchy).eval()
+    v = _embeddings()
+    exact = model.finest_log_scores(v).topk(hierarchy.num_cells[-1], dim=-1)
+    cells, log_scores = model.beam_search(v, beam=max(hierarchy.num_cells))
+    assert torch.equal(cells, exact.indices)
+    assert torch.allclose(log_scores, exact.values, atol=1e-4)
+    out, ref = model.predict(_batch(hierarchy), k=4, beam=10_000), model.predict(_batch(hierarchy), k=4)
+    assert torch.equal(out["cell"], ref["cell"]) and torch.allclose(out["score"], ref["score"], rtol=1e-4)
+
+
+@pytest.mark.parametrize("beam", [1, 2, 3])
+def test_narrow_beam_returns_real_cells_with_their_exact_scores(hierarchy, beam):
+    model = _model(hierarchy).eval()
+    v = _embeddings()
+    cells, log_scores = model.beam_search(v, beam=beam)
+    assert cells.shape[1] <= beam and (cells >= 0).any(dim=1).all()
+    valid = cells >= 0
+    exact = model.finest_log_scores(v).gather(1, cells.clamp(min=0))
+    assert torch.allclose(log_scores[valid], exact[valid], atol=1e-4)
+    assert torch.isneginf(log_scores[~valid]).all()
+    assert (log_scores[:, :-1] >= log_scores[:, 1:]).all()  # best first
+    # the beam only ever reaches descendants of the best level-0 cells: a greedy beam of 1 follows argmaxes
+    if beam == 1:
+        top0 = model.level_logits(v)[0].argmax(-1)
+        assert torch.equal(model.ancestors[0][cells[:, 0]], top0)
+    # skipping the normalisers changes the scores, not the cells
+    unnormalised, _ = model.beam_search(v, beam=beam, normalize=False)
+    assert torch.equal(unnormalised, cells)
+
+
+def test_narrow_beam_prediction_pads_missing_cells(hierarchy):
+    model = _model(hierarchy).eval()
+    out = model.predict(_batch(hierarchy), k=5, beam=2)
+    assert out["cell"].shape == (6, 5)
+    pad = out["cell"] < 0
+    assert pad[:, 2:].all() and not pad[:, :2].any()  # a beam of 2 yields 2 cells (every kept cell has children here)
+    assert (out["score"][pad] == 0).all() and out["lat"][pad].isnan().all()
+    lat, _ = hierarchy.cell_coordinates(hierarchy.num_levels - 1)
+    assert np.allclose(out["lat"][~pad].numpy(), lat[out["cell"][~pad].numpy()])
+
+
+def test_child_index_lists_every_cell_under_its_parent(hierarchy):
+    model = _model(hierarchy)
+    for level in range(1, hierarchy.num_levels):
+        ptr, children = getattr(model, f"child_ptr_{level}"), getattr(model, f"children_{level}")
+        parents = hierarchy.parents(level)
+        assert sorted(children.tolist()) == list(range(hierarchy.num_cells[level]))
+        for p in range(hierarchy.num_cells[level - 1]):
+            assert children[ptr[p]:ptr[p + 1]].tolist() == np.flatnonzero(parents == p).tolist()
+
+
+def test_ten_crop_views_match_torchvision_and_crop_the_label_map_alike():
+    gen = torch.Generator().manual_seed(0)
+    image = torch.rand(2, 3, 32, 32, generator=gen)
+    labels = torch.randint(0, 150, (2, 32, 32), generator=gen, dtype=torch.uint8)  # one label per pixel
+    views = ten_crop_views(image, labels, fraction=0.875)
+    assert len(views) == 10
+    crops = TVF.ten_crop(image, [28, 28])  # 5 crops of the image, then 5 of its mirror image
+    for (view, _), crop in zip(views[:5], crops[:5]):
+        assert torch.allclose(view, F.interpolate(crop, size=(32, 32), mode="bilinear", align_corners=False))
+    mirrored = {0: 6, 1: 5, 2: 8, 3: 7, 4: 9}  # a corner of the flipped image is the flip of the other corner
+    for ours, theirs in mirrored.items():
+        assert torch.allclose(views[ours + 5][0], F.interpolate(crops[theirs], size=(32, 32), mode="bilinear", align_corners=False), atol=1e-6)
+    # with a label per pixel, the label view is the same crop resized by nearest neighbour (pixel centres)
+    label_crops = TVF.ten_crop(labels[:, None].float(), [28, 28])
+    for (_, lm), crop in zip(views[:5], label_crops[:5]):
+        assert torch.equal(lm, F.interpolate(crop, size=(32, 32), mode="nearest-exact")[:, 0].to(torch.uint8))
+    for i in range(5):
+        assert torch.equal(views[i + 5][1], views[i][1].flip(-1)) and torch.equal(views[i + 5][0], views[i][0].flip(-1))
+
+
+def test_ten_crop_label_views_on_a_coarse_grid():
+    # a 4x4 label grid over a 32x32 image whose left half is class 1 and right half class 2: every view keeps
+    # the boundary in the middle column pair (crops are near the full image), mirrored in the flipped views
+    labels = torch.tensor([[1, 1, 2, 2]] * 4, dtype=torch.uint8)[None]
+    views = ten_crop_views(torch.zeros(1, 3, 32, 32), labels)
+    for _, lm in views[:5]:
+        assert torch.equal(lm, labels)
+    for _, lm in views[5:]:
+        assert torch.equal(lm, labels.flip(-1))
+
+
+def test_ten_crop_prediction_averages_the_ten_views(hierarchy):
+    model = _model(hierarchy).eval()
+    batch = _batch(hierarchy)
+    out = model.predict(batch, k=4, ten_crop=True)
+    assert out["cell"].shape == (6, 4) and out["lat"].shape == (6, 4)
+    with torch.no_grad():
+        views = ten_crop_views(batch["image"], batch["label_map"])
+        probs = torch.stack([model.finest_log_scores(model.embed(img, lm)).exp() for img, lm in views])
+    expected = probs.mean(0).topk(4, dim=-1)
+    assert torch.equal(out["cell"], expected.indices) and torch.allclose(out["score"], expected.values)
+    # the views differ, so the average is not the plain prediction's score
+    plain = model.predict(batch, k=4)
+    assert not torch.allclose(plain["score"], out["score"])
+    # ten-crop with a beam: the same average, over the cells the views' beams reached
+    beamed = model.predict(batch, k=4, ten_crop=True, beam=3)
+    valid = beamed["cell"] >= 0
+    mean = probs.mean(0).gather(1, beamed["cell"].clamp(min=0))
+    assert torch.allclose(beamed["score"][valid], mean[valid], atol=1e-6)
+    wide = model.predict(batch, k=4, ten_crop=True, beam=10_000)
+    assert torch.equal(wide["cell"], out["cell"]) and torch.allclose(wide["score"], out["score"], rtol=1e-4)
+
+
+def test_geoclip_initialised_cells_start_geographically_ordered(hierarchy):
+    model = _model(hierarchy, cell_init="geoclip")
+    finest = F.normalize(model.cell_embeddings[-1].detach(), dim=-1)
+    latlon = HierarchySpec.from_hierarchy(hierarchy).latlon()
+    from geosurge.geo.distance import pairwise_haversine_km
+
+    km = pairwise_haversine_km(latlon[:, 0], latlon[:, 1], latlon[:, 0], latlon[:, 1])
+    cos = (finest @ finest.t()).numpy()
+    near, far = km < 1000, km > 8000
+    np.fill_diagonal(near, False)
+    assert near.any() and far.any()
+    assert cos[near].mean() > cos[far].mean() + 0.2  # random initial embeddings would give ~0 for both
+    assert torch.allclose(model.cell_embeddings[0].norm(dim=-1), torch.full((hierarchy.num_cells[0],), 0.02 * 4.0))
+
+
+def test_unknown_cell_init_is_a_clear_error(hierarchy):
+    with pytest.raises(ValueError, match="cell_init"):
+        _model(hierarchy, cell_init="nope")

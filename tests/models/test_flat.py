@@ -1,0 +1,83 @@
+"""Flat classifier: gradients reach every parameter, loss = hand-computed cross-entropy, predict = argmax cell."""
+
+import numpy as np
+import pytest
+import torch
+
+from geosurge.config import ModelConfig
+from geosurge.geo.geocells import GeocellHierarchy
+from geosurge.models import HierarchySpec, create_model
+from geosurge.models.flat import FlatClassifier
+
+TINY = {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 48, "num_heads": 2}
+
+
+@pytest.fixture(scope="module")
+def hierarchy() -> GeocellHierarchy:
+    rng = np.random.default_rng(0)
+    centres = np.array([[48.8, 2.3], [40.7, -74.0], [35.7, 139.7], [-33.9, 151.2], [-23.5, -46.6]])
+    pts = centres[rng.integers(0, len(centres), 1500)] + rng.normal(0, 3, (1500, 2))
+    return GeocellHierarchy.build(pts[:, 0], pts[:, 1], (400, 150, 40), 5)
+
+
+def _batch(h: GeocellHierarchy, n: int = 6) -> dict[str, torch.Tensor]:
+    rng = np.random.default_rng(1)
+    lat, lon = h.cell_coordinates(h.num_levels - 1)
+    idx = rng.integers(0, len(lat), n)
+    return {
+        "image": torch.from_numpy(rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)),
+        "label_map": torch.from_numpy(rng.integers(0, 150, (n, 4, 4), dtype=np.uint8)),
+        "cells": torch.from_numpy(h.assign(lat[idx], lon[idx])),
+    }
+
+
+def _model(h: GeocellHierarchy) -> FlatClassifier:
+    torch.manual_seed(0)
+    cfg = ModelConfig(name="flat_classifier", backbone="vit_tiny_patch16_224", backbone_kwargs=TINY)
+    model = create_model(cfg, HierarchySpec.from_hierarchy(h))
+    assert isinstance(model, FlatClassifier)
+    return model
+
+
+def test_classifies_over_the_finest_cells_only(hierarchy):
+    assert _model(hierarchy).head.out_features == hierarchy.num_cells[-1] > hierarchy.num_cells[0]
+
+
+def test_every_parameter_gets_a_finite_gradient(hierarchy):
+    model = _model(hierarchy)
+    out = model(_batch(hierarchy))
+    assert torch.isfinite(out["loss"]) and out["logits"].shape == (6, hierarchy.num_cells[-1])
+    out["loss"].backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, f"{name} got no gradient"
+        assert torch.isfinite(p.grad).all(), f"{name} has a non-finite gradient"
+
+
+def test_loss_equals_hand_computed_cross_entropy_with_the_finest_cells(hierarchy):
+    model = _model(hierarchy).double().eval()
+    batch = _batch(hierarchy)
+    image = batch["image"].permute(0, 3, 1, 2).double() / 255
+    out = model({**batch, "image": image})
+    logits = model.logits(image)
+    true = batch["cells"][:, -1]
+    # -log softmax(logits)[true], averaged over the batch
+    expected = (torch.logsumexp(logits, 1) - logits[torch.arange(len(true)), true]).mean()
+    assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-9)
+    # the coarser levels play no part: changing them leaves the loss as it is
+    coarse_changed = batch["cells"].clone()
+    coarse_changed[:, :-1] = 0
+    assert model({**batch, "image": image, "cells": coarse_changed})["loss"].item() == pytest.approx(out["loss"].item(), rel=1e-12)
+
+
+def test_predict_returns_the_argmax_cell_and_its_coordinates(hierarchy):
+    model = _model(hierarchy).eval()
+    batch = _batch(hierarchy)
+    probs = torch.softmax(model.logits(batch["image"]).detach(), -1)
+    out = model.predict(batch, k=3)
+    assert out["cell"].shape == out["score"].shape == out["lat"].shape == (6, 3)
+    assert torch.equal(out["cell"][:, 0], probs.argmax(-1))
+    assert torch.allclose(out["score"], probs.gather(1, out["cell"]), atol=1e-6)
+    assert (out["score"][:, :-1] >= out["score"][:, 1:]).all()
+    lat, lon = hierarchy.cell_coordinates(hierarchy.num_levels - 1)
+    assert np.allclose(out["lat"].numpy(), lat[out["cell"].numpy()])
+    assert np.allclose(out["lon"].numpy(), lon[out["cell"].numpy()])

@@ -1,0 +1,206 @@
+"""GeoCLIP: parity with the `geoclip` package's released location encoder, training loss with the GPS queue,
+gallery retrieval and its cache."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from geosurge.config import GeoClipConfig, ModelConfig
+from geosurge.models import HierarchySpec, create_model
+from geosurge.models.geoclip import (
+    GaussianFourierFeatures,
+    GeoClip,
+    LocationEncoder,
+    equal_earth_projection,
+    geoclip_package_file,
+    load_gallery,
+    load_geoclip_location_weights,
+)
+
+TINY = {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 48, "num_heads": 2}
+NO_CELLS = HierarchySpec((1,), (np.array([-1]),), (np.zeros(1),), (np.zeros(1),))  # GeoCLIP ignores the hierarchy
+
+
+def _coords(n: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.stack([torch.rand(n, generator=g) * 180 - 90, torch.rand(n, generator=g) * 360 - 180], dim=1)
+
+
+def _model(gallery: str = "geoclip", queue_size: int = 8, pretrained_location_encoder: bool = False) -> GeoClip:
+    cfg = ModelConfig(
+        name="geoclip",
+        backbone="vit_tiny_patch16_224",
+        backbone_kwargs=TINY,
+        geoclip=GeoClipConfig(
+            queue_size=queue_size, gallery=gallery, pretrained_location_encoder=pretrained_location_encoder
+        ),
+    )
+    return create_model(cfg, NO_CELLS)
+
+
+def _batch(n: int = 6, seed: int = 1) -> dict[str, torch.Tensor]:
+    rng = np.random.default_rng(seed)
+    latlon = _coords(n, seed).double()  # the shards' lat/lon arrive as float64
+    return {
+        "image": torch.from_numpy(rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)),
+        "lat": latlon[:, 0],
+        "lon": latlon[:, 1],
+    }
+
+
+@pytest.fixture(scope="module")
+def released_encoder() -> LocationEncoder:
+    return load_geoclip_location_weights(LocationEncoder()).eval()
+
+
+@pytest.fixture(scope="module")
+def package():
+    """The package's own location-encoder module (its real code; loads weights from its folder, no network)."""
+    from geoclip.model import location_encoder
+
+    return location_encoder
+
+
+def test_released_weights_reproduce_the_package_location_encoder(released_encoder, package):
+    reference = package.LocationEncoder(from_pretrained=True).eval()
+    latlon = _coords(1000, seed=0)
+    with torch.no_grad():
+        theirs, ours = reference(latlon), released_encoder(latlon)
+        assert (ours - theirs).abs().max().item() < 1e-5
+        normalised = released_encoder.encode_locations(latlon[:, 0], latlon[:, 1])
+        assert (normalised - F.normalize(theirs, dim=-1)).abs().max().item() < 1e-5
+        # the comparison can fail: an encoder without the released weights is far from the package's output
+        assert (LocationEncoder()(latlon) - theirs).abs().max().item() > 1e-3
+
+
+def test_equal_earth_projection_matches_the_package(package):
+    latlon = _coords(1000, seed=3)
+    assert torch.allclose(equal_earth_projection(latlon), package.equal_earth_projection(latlon), atol=1e-6, rtol=0)
+
+
+def test_fourier_features_match_the_package_encoding_for_the_same_matrix(package):
+    ours = GaussianFourierFeatures(sigma=16.0)
+    theirs = package.GaussianEncoding(b=ours.b.clone())
+    v = torch.randn(50, 2)
+    assert torch.allclose(ours(v), theirs(v), atol=1e-6, rtol=0)
+
+
+def test_released_weights_reject_a_mismatched_encoder():
+    with pytest.raises(ValueError, match="keys do not match"):
+        load_geoclip_location_weights(LocationEncoder(sigmas=(1.0, 16.0)))
+    with pytest.raises(ValueError, match="σ"):
+        load_geoclip_location_weights(LocationEncoder(sigmas=(1.0, 16.0, 64.0)))
+
+
+def test_factory_builds_geoclip_with_the_released_location_encoder(released_encoder):
+    model = _model(pretrained_location_encoder=True)
+    assert isinstance(model, GeoClip)
+    for name, tensor in released_encoder.state_dict().items():
+        assert torch.equal(model.location_encoder.state_dict()[name], tensor), name
+
+
+def test_every_trainable_parameter_gets_a_finite_gradient_and_rff_matrices_are_buffers():
+    model = _model()
+    out = model(_batch())
+    assert torch.isfinite(out["loss"]) and out["embedding"].shape == (6, 512)
+    out["loss"].backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, f"{name} got no gradient"
+        assert torch.isfinite(p.grad).all(), f"{name} has a non-finite gradient"
+    buffers = {name for name, _ in model.named_buffers()}
+    assert {f"location_encoder.branches.{i}.rff.b" for i in range(3)} <= buffers
+    assert not any(name.endswith("rff.b") for name, _ in model.named_parameters())
+    assert "location_encoder.branches.0.rff.b" in model.state_dict()  # fixed, but part of the weights
+
+
+def test_loss_is_cross_entropy_against_batch_and_queued_gps():
+    model = _model(queue_size=8).double()
+    model(_batch(4, seed=1))  # fills the queue with the first batch's 4 coordinates
+    batch = _batch(6, seed=2)
+    image = batch["image"].permute(0, 3, 1, 2).double() / 255
+    out = model({**batch, "image": image})
+    gps = torch.cat([torch.stack([batch["lat"], batch["lon"]], 1), _coords(4, seed=1).double()])
+    with torch.no_grad():
+        v = F.normalize(model.image_head(model.backbone(image)[:, 0]), dim=-1)
+        g = F.normalize(model.location_encoder(gps), dim=-1)
+        logits = model.logit_scale.exp() * v @ g.t()  # [6, 6 + 4]
+        expected = -(logits.diagonal() - torch.logsumexp(logits, dim=1)).mean()
+    assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-9)
+
+
+def test_queue_is_fifo_bounded_and_filled_only_in_training():
+    model = _model(queue_size=8)
+    seen = []
+    for step in range(4):  # 3 coordinates per step: the queue overflows on the third step
+        batch = _batch(3, seed=10 + step)
+        model(batch)
+        seen.append(torch.stack([batch["lat"], batch["lon"]], 1).float())
+        expected = torch.cat(seen)[-8:]
+        assert model.queued_gps().shape[0] == min(3 * (step + 1), 8) <= model.queue_size
+        assert torch.equal(model.queued_gps(), expected)
+    model.eval()
+    model(_batch(3, seed=99))
+    assert torch.equal(model.queued_gps(), expected)
+    model.train()
+    big = _batch(11, seed=7)
+    model(big)
+    assert torch.equal(model.queued_gps(), torch.stack([big["lat"], big["lon"]], 1).float()[-8:])
+
+
+@pytest.fixture
+def small_gallery(tmp_path) -> tuple[str, torch.Tensor]:
+    latlon = _coords(50, seed=5)
+    path = tmp_path / "gallery.csv"
+    pd.DataFrame({"lat": latlon[:, 0].double().numpy(), "lon": latlon[:, 1].double().numpy()}).to_csv(path, index=False)
+    return str(path), latlon
+
+
+def test_predict_ranks_the_gallery_and_caches_its_embeddings(small_gallery):
+    uri, latlon = small_gallery
+    model = _model(gallery=uri).eval()
+    batch = _batch(4)
+    out = model.predict(batch, k=5)
+    assert out["lat"].shape == out["lon"].shape == out["score"].shape == (4, 5)
+    assert (out["score"][:, :-1] >= out["score"][:, 1:]).all() and (out["score"] > 0).all()
+    # brute force, without the cache: softmax over all 50 coordinates
+    with torch.no_grad():
+        probs = F.softmax(model.logits(model.embed_image(batch["image"]), model.encode_locations(latlon[:, 0], latlon[:, 1])), -1)
+    top = probs.topk(5, dim=-1)
+    assert torch.allclose(out["score"], top.values, atol=1e-6)
+    assert torch.allclose(out["lat"], latlon[top.indices, 0], atol=1e-4)
+    assert torch.allclose(out["lon"], latlon[top.indices, 1], atol=1e-4)
+
+    cached = model.gallery_embeddings()
+    model.predict(batch, k=5)
+    assert model.gallery_embeddings() is cached  # computed once
+
+    with torch.no_grad():  # a weight change (as an optimizer step would make) invalidates it
+        model.location_encoder.branches[0].head.bias.add_(0.5)
+    changed = model.gallery_embeddings()
+    assert changed is not cached and not torch.allclose(changed, cached)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(state)
+    assert model.gallery_embeddings() is not changed
+    reloaded = model.gallery_embeddings()
+    model.train().eval()
+    assert model.gallery_embeddings() is not reloaded
+
+
+def test_gallery_files(tmp_path):
+    path = tmp_path / "gallery.parquet"
+    pd.DataFrame({"LAT": [10.0, -20.5], "LON": [30.0, 170.25]}).to_parquet(path)
+    assert torch.equal(load_gallery(str(path)), torch.tensor([[10.0, 30.0], [-20.5, 170.25]]))
+
+    bad = tmp_path / "bad.csv"
+    pd.DataFrame({"latitude_deg": [1.0], "lon": [2.0]}).to_csv(bad, index=False)
+    with pytest.raises(ValueError, match="needs lat and lon columns"):
+        load_gallery(str(bad))
+    with pytest.raises(ValueError, match="needs lat and lon columns"):
+        _model(gallery=str(bad)).eval().predict(_batch(2), k=1)
+
+    released = load_gallery("geoclip")
+    first = pd.read_csv(geoclip_package_file("model", "gps_gallery", "coordinates_100K.csv"), nrows=1)
+    assert released.shape == (100_000, 2)
+    assert torch.allclose(released[0], torch.tensor([first.LAT[0], first.LON[0]], dtype=torch.float32))
