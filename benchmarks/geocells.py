@@ -14,30 +14,14 @@ import resource
 import sys
 import time
 
-import numpy as np
 
-from geosurge.data.gps_gallery import GEOCLIP_GALLERY, load_gps_gallery
+from geosurge.data.gps_gallery import sample_photo_coordinates
 from geosurge.geo.geocells import GeocellHierarchy
 
 TAU_MAX = (25000, 10000, 5000, 2500, 1000, 750, 500)
 TAU_MIN = 50
 TARGET_BUILD_S = 60.0
 TARGET_PEAK_GB = 4.0
-
-
-def sample_coordinates(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """n coordinates around gallery points: 70% jittered by 0.01 deg, 30% by 0.5 deg (deterministic)."""
-    # the gallery loader never imports geoclip itself (that loads torch, ~1 GB RSS, and would swamp the memory figure)
-    gallery = load_gps_gallery(GEOCLIP_GALLERY)
-    rng = np.random.default_rng(seed)
-    pick = rng.integers(0, gallery.shape[0], size=n)
-    sigma = np.where(rng.random(n) < 0.7, 0.01, 0.5)
-    lat = gallery[pick, 0] + rng.standard_normal(n) * sigma
-    lon = gallery[pick, 1] + rng.standard_normal(n) * sigma
-    # fold latitude back over the poles; wrap longitude into [-180, 180)
-    lat = np.where(lat > 90, 180 - lat, np.where(lat < -90, -180 - lat, lat))
-    lon = (lon + 180.0) % 360.0 - 180.0
-    return lat, lon
 
 
 def peak_rss_gb() -> float:
@@ -51,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    lat, lon = sample_coordinates(args.n, args.seed)
+    lat, lon = sample_photo_coordinates(args.n, args.seed)
     rss_before = peak_rss_gb()
     t0 = time.perf_counter()
     cells = GeocellHierarchy.build(lat, lon, TAU_MAX, TAU_MIN)

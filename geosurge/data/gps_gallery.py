@@ -51,3 +51,18 @@ def load_gps_gallery(uri: str = GEOCLIP_GALLERY, s3: storage.S3Config | None = N
     if bad.any():
         raise ValueError(f"GPS gallery {uri}: {int(bad.sum())} rows are not valid (lat, lon) degrees, e.g. row {int(bad.argmax())}")
     return latlon
+
+
+def sample_photo_coordinates(n: int, seed: int = 0, gallery: str = GEOCLIP_GALLERY) -> tuple[np.ndarray, np.ndarray]:
+    """n coordinates that follow a real photo distribution: gallery points with Gaussian jitter, 70% by
+    0.01° (the same spot: landmarks, photo clusters) and 30% by 0.5° (the same region). Deterministic."""
+    points = load_gps_gallery(gallery)
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(0, points.shape[0], size=n)
+    sigma = np.where(rng.random(n) < 0.7, 0.01, 0.5)
+    lat = points[pick, 0] + rng.standard_normal(n) * sigma
+    lon = points[pick, 1] + rng.standard_normal(n) * sigma
+    # fold latitude back over the poles; wrap longitude into [-180, 180)
+    lat = np.where(lat > 90, 180 - lat, np.where(lat < -90, -180 - lat, lat))
+    lon = (lon + 180.0) % 360.0 - 180.0
+    return lat, lon
