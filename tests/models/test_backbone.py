@@ -13,7 +13,11 @@ import torch.nn.functional as F
 from geosurge.config import ModelConfig
 from geosurge.geo.geocells import GeocellHierarchy
 from geosurge.models import HierarchySpec, create_model
-from geosurge.models.backbone import Backbone, efficientnet_lite0_weights_path, load_efficientnet_lite0_weights
+from geosurge.models.backbone import (
+    Backbone,
+    efficientnet_lite0_weights_path,
+    load_efficientnet_lite0_weights,
+)
 
 # ---------------------------------------------------------------------------------------------------------
 # An independent EfficientNet-Lite0 forward pass straight from the package's file (no timm, no key mapping):

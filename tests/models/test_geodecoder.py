@@ -6,33 +6,29 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from model_helpers import TINY_VIT, random_batch, small_hierarchy
 
 from geosurge.config import GeoDecoderConfig, ModelConfig
 from geosurge.data.ade20k import ADE20K_ID
 from geosurge.geo.geocells import GeocellHierarchy
 from geosurge.models import HierarchySpec, create_model
-from geosurge.models.geodecoder import INDOOR, NATURAL, URBAN, GeoDecoder, scene_from_label_map
+from geosurge.models.geodecoder import (
+    INDOOR,
+    NATURAL,
+    URBAN,
+    GeoDecoder,
+    scene_from_label_map,
+)
 
-TINY = {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 48, "num_heads": 2}
+TINY = TINY_VIT
 
 
 @pytest.fixture(scope="module")
 def hierarchy() -> GeocellHierarchy:
-    rng = np.random.default_rng(0)
-    centres = np.array([[48.8, 2.3], [40.7, -74.0], [35.7, 139.7], [-33.9, 151.2], [-23.5, -46.6]])
-    pts = centres[rng.integers(0, len(centres), 1500)] + rng.normal(0, 3, (1500, 2))
-    return GeocellHierarchy.build(pts[:, 0], pts[:, 1], (400, 150, 40), 5)
+    return small_hierarchy()
 
 
-def _batch(h: GeocellHierarchy, n: int = 6, grid: int = 4) -> dict[str, torch.Tensor]:
-    rng = np.random.default_rng(1)
-    lat, lon = h.cell_coordinates(h.num_levels - 1)
-    idx = rng.integers(0, len(lat), n)
-    return {
-        "image": torch.from_numpy(rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)),
-        "label_map": torch.from_numpy(rng.integers(0, 150, (n, grid, grid), dtype=np.uint8)),
-        "cells": torch.from_numpy(h.assign(lat[idx], lon[idx])),
-    }
+_batch = random_batch
 
 
 def _model(h: GeocellHierarchy, **geodecoder) -> GeoDecoder:
