@@ -104,6 +104,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             for key, value in metrics.items():
                 if key != "epoch":
                     mlflow.log_metric(loop_config["mlflow_run_id"], key, value, step=epoch)
+        if rank == 0:
             print(f"[train] epoch {epoch + 1}/{config.train.epochs} loss={metrics['train_loss']:.3f} "
                   f"lr={lr:.2e} {metrics['samples_per_s']:.0f} samples/s", flush=True)
 
