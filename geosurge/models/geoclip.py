@@ -217,7 +217,8 @@ class GeoClip(nn.Module):
         self.location_encoder = LocationEncoder(tuple(rff_sigmas), embed_dim)
         if pretrained_location_encoder:
             load_geoclip_location_weights(self.location_encoder)
-        self.logit_scale = nn.Parameter(torch.tensor(float(logit_scale_init)))
+        # shape [1], not a 0-dim scalar: DeepSpeed broadcasts every parameter as bytes, which 0-dim tensors refuse
+        self.logit_scale = nn.Parameter(torch.tensor([float(logit_scale_init)]))
 
         # FIFO ring of past GPS: starts empty (the package fills it with random noise instead) and is
         # non-persistent: it is training state, not weights, and refills within queue_size/batch steps.
