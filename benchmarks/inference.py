@@ -8,7 +8,9 @@ embeddings; GeoCLIP with the 100,000-point GPS gallery of the geoclip package an
 encoder. Every cell and gallery embedding is computed once beforehand (cached). Timed: the part after the
 image embedding (the backbone costs the same for every method and is reported once, for a tiny ViT).
   (a) exact: every cell of every level scored, ancestor products over all finest cells, top-5;
-  (b) beam B: only the children of the best B cells of each level are scored (softmax normalisers included);
+  (b) beam B: only the children of the best B cells of each level are scored; with the softmax normalisers
+      (one pass over every cell of every level, for exact probabilities) and without them (ranking only:
+      the same cells, since a normaliser is a constant per image and level);
   (c) GeoCLIP: image embedding × 100,000 cached gallery embeddings, softmax, top-5.
 
 Part 2, agreement: the beam's top-1 against exact scoring on GeoWorld test images, with the GeoSURGE model
@@ -72,6 +74,11 @@ def latency(args: argparse.Namespace) -> None:
         }
         for b in args.beams:
             timings[f"(b) GeoSURGE beam B={b}"] = per_call_seconds(lambda b=b: geosurge.beam_search(v, b), args.repeats)
+        for b in args.beams:
+            # Same cells without the per-level softmax normalisers (a constant per image and level, so the
+            # ranking is unchanged); the scores are then not probabilities.
+            timings[f"(b) GeoSURGE beam B={b}, ranking only"] = per_call_seconds(
+                lambda b=b: geosurge.beam_search(v, b, normalize=False), args.repeats)
         timings["(c) GeoCLIP gallery retrieval"] = per_call_seconds(
             lambda: F.softmax(geoclip.logits(w, gallery), dim=-1).topk(5, dim=-1), args.repeats)
         for name, seconds in timings.items():
@@ -90,7 +97,7 @@ def agreement(args: argparse.Namespace) -> None:
 
     table = Path(args.table)
     summary = table / "geoworld_table.json"
-    checkpoints = sorted((table / "ray_results" / "table-0").glob("checkpoint_*"))
+    checkpoints = sorted(p for p in (table / "ray_results" / "table-0").glob("checkpoint_*") if p.is_dir())
     if not summary.exists() or not checkpoints:
         print(f"\nagreement: skipped — no trained GeoSURGE under {table} (run benchmarks/geoworld_table.py first)")
         return
@@ -100,8 +107,11 @@ def agreement(args: argparse.Namespace) -> None:
     model = build_model(config, hierarchy).eval()
     model.load_state_dict(consolidated_state_dict(str(checkpoints[-1])))
     embeddings = []
+    import os
+
     import ray
 
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     for batch in read_split(f"{root}/ingest/shards", "test").iter_batches(batch_size=64, batch_format="pyarrow"):
         arrays = to_model_batch(batch)
