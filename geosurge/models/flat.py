@@ -28,13 +28,10 @@ class FlatClassifier(nn.Module):
     def __init__(
         self,
         hierarchy: HierarchySpec,
-        backbone: str = "vit_tiny_patch16_224",
-        backbone_kwargs: dict | None = None,
-        pretrained: bool = False,
-        trainable_blocks: int | None = None,
+        backbone: Backbone,
     ):
         super().__init__()
-        self.backbone = Backbone(backbone, backbone_kwargs, pretrained, trainable_blocks)
+        self.backbone = backbone
         self.head_norm = nn.LayerNorm(self.backbone.dim)
         self.head = nn.Linear(self.backbone.dim, hierarchy.num_cells[-1])
         self.register_buffer("finest_latlon", torch.from_numpy(hierarchy.latlon()), persistent=False)
@@ -64,8 +61,5 @@ class FlatClassifier(nn.Module):
 def _build(config: ModelConfig, hierarchy: HierarchySpec) -> FlatClassifier:
     return FlatClassifier(
         hierarchy,
-        backbone=config.backbone,
-        backbone_kwargs=config.backbone_kwargs,
-        pretrained=config.pretrained,
-        trainable_blocks=config.trainable_blocks,
+        backbone=Backbone.from_config(config),
     )

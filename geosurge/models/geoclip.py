@@ -198,10 +198,7 @@ class GeoClip(nn.Module):
 
     def __init__(
         self,
-        backbone: str = "vit_tiny_patch16_224",
-        backbone_kwargs: dict | None = None,
-        pretrained: bool = False,
-        trainable_blocks: int | None = None,
+        backbone: Backbone,
         embed_dim: int = 512,
         rff_sigmas: tuple[float, ...] = RELEASED_SIGMAS,
         queue_size: int = 4096,
@@ -210,7 +207,7 @@ class GeoClip(nn.Module):
         logit_scale_init: float = math.log(1 / 0.07),
     ):
         super().__init__()
-        self.backbone = Backbone(backbone, backbone_kwargs, pretrained, trainable_blocks)
+        self.backbone = backbone
         self.image_head = nn.Sequential(
             nn.Linear(self.backbone.dim, IMAGE_HIDDEN), nn.ReLU(), nn.Linear(IMAGE_HIDDEN, embed_dim)
         )
@@ -323,10 +320,7 @@ def _build(config: ModelConfig, hierarchy: HierarchySpec) -> GeoClip:
     del hierarchy  # GeoCLIP predicts from a GPS gallery, not from geocells
     c = config.geoclip
     return GeoClip(
-        backbone=config.backbone,
-        backbone_kwargs=config.backbone_kwargs,
-        pretrained=config.pretrained,
-        trainable_blocks=config.trainable_blocks,
+        backbone=Backbone.from_config(config),
         embed_dim=c.embed_dim,
         rff_sigmas=c.rff_sigmas,
         queue_size=c.queue_size,

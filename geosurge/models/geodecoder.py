@@ -127,10 +127,7 @@ class GeoDecoder(nn.Module):
     def __init__(
         self,
         hierarchy: HierarchySpec,
-        backbone: str = "vit_tiny_patch16_224",
-        backbone_kwargs: dict | None = None,
-        pretrained: bool = False,
-        trainable_blocks: int | None = None,
+        backbone: Backbone,
         num_scenes: int = 3,
         encoder_layers: int = 2,
         decoder_layers: int = 2,
@@ -139,7 +136,7 @@ class GeoDecoder(nn.Module):
         dropout: float = 0.0,  # as the other models here (the ViT backbone has none either)
     ):
         super().__init__()
-        self.backbone = Backbone(backbone, backbone_kwargs, pretrained, trainable_blocks)
+        self.backbone = backbone
         dim = self.backbone.dim  # the paper decodes at the backbone's width (768 for its ViT-B/16)
         levels = len(hierarchy.num_cells)
         self.num_scenes = num_scenes
@@ -254,10 +251,7 @@ def _build(config: ModelConfig, hierarchy: HierarchySpec) -> GeoDecoder:
     gd = config.geodecoder
     return GeoDecoder(
         hierarchy,
-        backbone=config.backbone,
-        backbone_kwargs=config.backbone_kwargs,
-        pretrained=config.pretrained,
-        trainable_blocks=config.trainable_blocks,
+        backbone=Backbone.from_config(config),
         num_scenes=gd.num_scenes,
         encoder_layers=gd.encoder_layers,
         decoder_layers=gd.decoder_layers,

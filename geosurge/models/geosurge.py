@@ -123,10 +123,7 @@ class GeoSurge(nn.Module):
     def __init__(
         self,
         hierarchy: HierarchySpec,
-        backbone: str = "vit_tiny_patch16_224",
-        backbone_kwargs: dict | None = None,
-        pretrained: bool = False,
-        trainable_blocks: int | None = None,
+        backbone: Backbone,
         embed_dim: int = 128,
         fusion: bool = True,
         fusion_blocks: int = 3,
@@ -136,7 +133,7 @@ class GeoSurge(nn.Module):
         cell_init: str = "random",
     ):
         super().__init__()
-        self.backbone = Backbone(backbone, backbone_kwargs, pretrained, trainable_blocks)
+        self.backbone = backbone
         self.grid = self.backbone.grid
         dim = self.backbone.dim
 
@@ -337,10 +334,7 @@ class GeoSurge(nn.Module):
 def _build(config: ModelConfig, hierarchy: HierarchySpec) -> GeoSurge:
     return GeoSurge(
         hierarchy,
-        backbone=config.backbone,
-        backbone_kwargs=config.backbone_kwargs,
-        pretrained=config.pretrained,
-        trainable_blocks=config.trainable_blocks,
+        backbone=Backbone.from_config(config),
         embed_dim=config.embed_dim,
         fusion=config.fusion,
         fusion_blocks=config.fusion_blocks,
