@@ -14,7 +14,6 @@ import resource
 import sys
 import time
 
-
 from geosurge.data.gps_gallery import sample_photo_coordinates
 from geosurge.geo.geocells import GeocellHierarchy
 

@@ -25,9 +25,10 @@ from geosurge.data.ingest import GROUND_TRUTH_SEGMENTER, ingest
 from geosurge.eval.evaluate import baseline_metrics, evaluate_split
 from geosurge.geo.geocells import GeocellHierarchy
 from geosurge.geo.metrics import format_metrics_table
+from geosurge.models import create_model
 from geosurge.pipeline import init_ray
 from geosurge.train.data import read_split
-from geosurge.train.trainer import build_model, consolidated_state_dict, train
+from geosurge.train.trainer import consolidated_state_dict, train
 
 # name → (config overrides, which hierarchy). Every variant shares data, epochs, batch size and lr.
 VARIANTS: dict[str, tuple[list[str], str]] = {
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         t = time.time()
         hierarchy, hierarchy_uri = hierarchies[which], storage.join(root, f"geocells_{which}.parquet")
         result = train(config, shards.shards_uri, hierarchy, hierarchy_uri)
-        model = build_model(config, hierarchy)
+        model = create_model(config.model, hierarchy)
         model.load_state_dict(consolidated_state_dict(result.checkpoint_path))
         metrics, predictions = evaluate_split(model, shards.shards_uri, "test", config.s3)
         metrics["train_seconds"] = time.time() - t

@@ -92,8 +92,9 @@ def latency(args: argparse.Namespace) -> None:
 
 @torch.no_grad()
 def agreement(args: argparse.Namespace) -> None:
+    from geosurge.models import create_model
     from geosurge.train.data import read_split, to_model_batch
-    from geosurge.train.trainer import build_model, consolidated_state_dict
+    from geosurge.train.trainer import consolidated_state_dict
 
     table = Path(args.table)
     summary = table / "geoworld_table.json"
@@ -104,7 +105,7 @@ def agreement(args: argparse.Namespace) -> None:
     config = PipelineConfig.from_dict(json.loads(summary.read_text())["config"])
     root = config.resolved_data_root
     hierarchy = GeocellHierarchy.load(f"{root}/geocells_levels.parquet")
-    model = build_model(config, hierarchy).eval()
+    model = create_model(config.model, hierarchy).eval()
     model.load_state_dict(consolidated_state_dict(str(checkpoints[-1])))
     embeddings = []
     import os

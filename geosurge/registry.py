@@ -23,6 +23,7 @@ from geosurge.config import PipelineConfig
 from geosurge.data.images import ImageSpec, decode_image
 from geosurge.data.segment import Segmenter
 from geosurge.geo.geocells import GeocellHierarchy
+from geosurge.models import create_model
 
 
 class Prediction(pydantic.BaseModel):
@@ -47,12 +48,10 @@ class GeoLocator:
 
     @classmethod
     def from_artifacts(cls, root: str | Path) -> "GeoLocator":
-        from geosurge.train.trainer import build_model
-
         root = Path(root)
         config = PipelineConfig.from_dict(yaml.safe_load((root / "config.yaml").read_text()))
         hierarchy = GeocellHierarchy.load(str(root / "geocells.parquet"))
-        model = build_model(config, hierarchy)
+        model = create_model(config.model, hierarchy)
         model.load_state_dict(torch.load(root / "model.pt", map_location="cpu", weights_only=True))
         segmenter = Segmenter(str(root / "segmenter"), config.ingest.label_grid)
         return cls(model, segmenter, config, hierarchy)

@@ -24,10 +24,11 @@ from geosurge.data.segment import Segmenter
 from geosurge.eval.evaluate import baseline_metrics, evaluate_split
 from geosurge.geo.geocells import GeocellHierarchy
 from geosurge.geo.metrics import format_metrics_table
+from geosurge.models import create_model
 from geosurge.pipeline import init_ray, start_mlflow_run
 from geosurge.registry import log_and_register
 from geosurge.train.data import read_split
-from geosurge.train.trainer import build_model, consolidated_state_dict, train
+from geosurge.train.trainer import consolidated_state_dict, train
 
 
 def step(title: str) -> float:
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"checkpoint: {trained.checkpoint_path} ({time.time() - t:.1f} s)")
 
     t = step(f"5/6 evaluate on the '{config.eval.split}' split")
-    model = build_model(config, hierarchy)
+    model = create_model(config.model, hierarchy)
     state_dict = consolidated_state_dict(trained.checkpoint_path)
     model.load_state_dict(state_dict)
     metrics, predictions = evaluate_split(model, result.shards_uri, config.eval.split, config.s3,
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\n=== done in {time.time() - started:.0f} s ===")
     print(format_metrics_table({
-        f"GeoSURGE ({config.eval.split}, n={metrics['n']:.0f})": metrics,
+        f"{config.model.name} ({config.eval.split}, n={metrics['n']:.0f})": metrics,
         "median-coordinate guess": reference,
     }))
     if config.ingest.segmenter == "random":

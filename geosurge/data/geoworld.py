@@ -43,6 +43,7 @@ from geosurge.data.ade20k import ADE20K_ID
 from geosurge.data.gps_gallery import GEOCLIP_GALLERY, load_gps_gallery
 from geosurge.data.storage import S3Config, join, write_bytes
 from geosurge.geo.distance import EARTH_RADIUS_KM, haversine_km, latlon_to_unit_xyz
+
 BIG_CITY_MIN_POPULATION = 300_000  # ~2,000 cities worldwide: the "city" level of the hierarchy
 CITY_RADIUS_KM = 25.0
 TOWN_RADIUS_KM = 5.0

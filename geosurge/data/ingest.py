@@ -24,8 +24,15 @@ from ray.data import ActorPoolStrategy
 
 from geosurge.config import IngestConfig
 from geosurge.data import storage
-from geosurge.data.images import ImageRejected, ImageSpec, decode_image, decode_jpeg, decode_label_map, encode_jpeg
-from geosurge.data.manifest import QUARANTINE_SCHEMA, read_manifest
+from geosurge.data.images import (
+    ImageRejected,
+    ImageSpec,
+    decode_image,
+    decode_jpeg,
+    decode_label_map,
+    encode_jpeg,
+)
+from geosurge.data.manifest import QUARANTINE_SCHEMA, read_manifest, write_quarantine
 from geosurge.data.segment import RANDOM_SEGMENTER, Segmenter
 
 log = logging.getLogger(__name__)
@@ -193,8 +200,6 @@ def ingest(
     ok.write_parquet(shards_path, filesystem=fs, min_rows_per_file=config.shard_rows)
     decoded.map_batches(_failed_rows, batch_format="pyarrow").write_parquet(quarantine_path, filesystem=fs)
     if manifest_quarantine.num_rows:
-        from geosurge.data.manifest import write_quarantine
-
         write_quarantine(manifest_quarantine, storage.join(quarantine_uri, "manifest_quarantine.parquet"), s3)
 
     # Reconcile from what was written, not from what we think we wrote.

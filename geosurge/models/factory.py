@@ -13,6 +13,7 @@ from typing import Callable
 import torch.nn as nn
 
 from geosurge.config import ModelConfig
+from geosurge.geo.geocells import GeocellHierarchy
 from geosurge.models.hierarchy import HierarchySpec
 
 ModelBuilder = Callable[[ModelConfig, HierarchySpec], nn.Module]
@@ -33,7 +34,10 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
-def create_model(config: ModelConfig, hierarchy: HierarchySpec) -> nn.Module:
+def create_model(config: ModelConfig, hierarchy: HierarchySpec | GeocellHierarchy) -> nn.Module:
+    """The model `config.name` for these geocells (a GeocellHierarchy or its HierarchySpec)."""
     if config.name not in _MODELS:
         raise ValueError(f"unknown model {config.name!r}; registered: {list_models()}")
+    if isinstance(hierarchy, GeocellHierarchy):
+        hierarchy = HierarchySpec.from_hierarchy(hierarchy)
     return _MODELS[config.name](config, hierarchy)

@@ -12,13 +12,14 @@ above. Optional ten-crop test-time augmentation averages the finest-cell scores 
 from __future__ import annotations
 
 import math
+
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from geosurge.data.ade20k import NUM_ADE20K_CLASSES
 from geosurge.config import ModelConfig
+from geosurge.data.ade20k import NUM_ADE20K_CLASSES
 from geosurge.models.backbone import Backbone
 from geosurge.models.factory import register_model
 from geosurge.models.hierarchy import HierarchySpec

@@ -22,7 +22,7 @@ from ray.train.torch import TorchTrainer
 
 from geosurge.config import PipelineConfig, TrainConfig
 from geosurge.geo.geocells import GeocellHierarchy
-from geosurge.models import HierarchySpec, create_model
+from geosurge.models import create_model
 from geosurge.train.data import read_split, to_model_batch
 
 DEFAULT_EXTENSIONS_DIR = str(Path.home() / ".cache" / "geosurge" / "torch_extensions")
@@ -40,10 +40,6 @@ def deepspeed_config(train: TrainConfig) -> dict:
     }
 
 
-def build_model(config: PipelineConfig, hierarchy: GeocellHierarchy) -> torch.nn.Module:
-    return create_model(config.model, HierarchySpec.from_hierarchy(hierarchy))
-
-
 def train_loop_per_worker(loop_config: dict) -> None:
     # DeepSpeed JIT-compiles two small C++ ops on first use; a shared cache makes later runs skip it.
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", DEFAULT_EXTENSIONS_DIR)
@@ -57,7 +53,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     rank = context.get_world_rank()
     torch.manual_seed(config.train.seed)
 
-    model = build_model(config, hierarchy)
+    model = create_model(config.model, hierarchy)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         model_parameters=[p for p in model.parameters() if p.requires_grad],
