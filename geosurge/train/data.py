@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 
 from geosurge.data import storage
@@ -18,7 +19,8 @@ def read_split(shards_uri: str, split: str, s3: storage.S3Config | None = None) 
 
 
 def to_model_batch(batch: pa.Table, hierarchy: GeocellHierarchy | None = None) -> dict[str, np.ndarray]:
-    """Ray Data UDF: shard rows → {image uint8 [B,H,W,3], label_map uint8 [B,g,g], lat, lon, cells int64 [B,L]}."""
+    """Ray Data UDF: shard rows → {image uint8 [B,H,W,3], label_map uint8 [B,g,g], lat, lon, cells int64 [B,L]}
+    (+ `scene` int64 [B] when the data set carries Places365 scene labels)."""
     grids = batch.column("label_grid").to_numpy()
     grid = int(grids[0])
     if not (grids == grid).all():
@@ -33,6 +35,10 @@ def to_model_batch(batch: pa.Table, hierarchy: GeocellHierarchy | None = None) -
         "lat": lat,
         "lon": lon,
     }
+    if "scene3" in batch.column_names:
+        # Places365 3-way scene labels (S3_Label: 0 indoor, 1 natural, 2 urban) where the data set has them;
+        # -1 marks a row without one, and models that use scenes derive it from the label map instead.
+        out["scene"] = pc.fill_null(batch.column("scene3").cast(pa.int64()), -1).to_numpy()
     if hierarchy is not None:
         out["cells"] = hierarchy.assign(lat, lon)
     return out
