@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-fast bench-geocells clean
+.PHONY: install demo test test-fast bench-geocells bench-ingest clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ test-fast: $(STAMP)  ## skip the minutes-long end-to-end runs
 
 bench-geocells: $(STAMP)  ## a 7-level hierarchy over 4.72 M coordinates: build time and peak memory
 	$(BIN)/python benchmarks/geocells.py
+
+bench-ingest: $(STAMP)  ## ingest images/s vs the decode-bound limit and a naive loop, segmenter on/off, driver RSS 20k vs 200k rows
+	$(BIN)/python benchmarks/ingest.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -33,14 +33,61 @@ class RayConfig:
 class IngestConfig:
     image_size: int = 64  # images are resized (short side) and centre-cropped to this square
     label_grid: int = 8  # label maps are pooled to this grid: the backbone's patch grid
-    # hub id or local transformers checkpoint folder; "random": a random-init SegFormer (says so in every run);
-    # "ground_truth": the manifest's own label maps (label_uri), an oracle for benchmarks and ablations
+    # hub id or local transformers checkpoint folder (production: an ADE20K OneFormer/SegFormer);
+    # "geoworld" (the pipeline's default): full_pipeline first trains a SegFormer on GeoWorld's label maps (see
+    # PipelineConfig.segmenter) and ingests with that folder; "random": a random-init SegFormer (says so in every
+    # run); "none": no label maps; "ground_truth": the manifest's own label maps (label_uri), an oracle for
+    # benchmarks and ablations
     segmenter: str = "random"
     segment_batch_size: int = 32
     segment_actors: int = 1  # size of the segmentation actor pool
     gpus_per_segment_actor: float = 0.0
     max_image_pixels: int = 100_000_000  # decompression-bomb guard
-    shard_rows: int = 1000  # rows per Parquet shard file
+    # manifest rows per chunk: the unit of work, of resume and of output files (one shard file per chunk)
+    shard_rows: int = 1000
+    # fetching image bytes (local, s3://, http(s)://): I/O bound, so threads inside each fetch task
+    fetch_concurrency: int = 16
+    # retries after the first attempt on throttling (S3 SlowDown/503, HTTP 429), 5xx, connection errors and
+    # timeouts, with exponential backoff and full jitter: sleep U(0, min(max, backoff * 2**attempt)) seconds
+    fetch_retries: int = 6
+    fetch_backoff_s: float = 0.5
+    fetch_max_backoff_s: float = 30.0
+    fetch_timeout_s: float = 30.0  # connect and per-request timeout
+    progress_interval_s: float = 10.0  # a progress line (rows done / total, images/s) at most this often
+    # "auto" (from each file's header), "geosurge" (our columns) or a public CSV as published: "mp16", "im2gps3k",
+    # "yfcc4k" (IMG_ID, LAT, LON, S*_Label, ...; streamed like ours, never converted first)
+    manifest_format: str = "auto"
+    # public formats: image uri = images_root/IMG_ID; None: the folder holding each manifest file
+    images_root: str | None = None
+
+
+@dataclass
+class SegmenterTrainConfig:
+    """The offline segmenter `ingest.segmenter=geoworld` trains on GeoWorld's ground-truth label maps
+    (geosurge.data.segmenter_training). What to train and how. Defaults: MiT-b0 at the ingest image size, ~2-3 minutes on 2 CPU cores for
+    ~3,000 training images."""
+
+    image_size: int = IngestConfig.image_size  # train and evaluate at the size the ingest stage segments
+    label_grid: int = IngestConfig.label_grid  # the patch grid the pipeline pools label maps to
+    # MiT-b0 (SegFormer-B0): 3.7 M parameters. (16, 32, 80, 128) with depths (1, 1, 1, 1) is ~6x smaller.
+    hidden_sizes: tuple[int, ...] = (32, 64, 160, 256)
+    depths: tuple[int, ...] = (2, 2, 2, 2)
+    num_attention_heads: tuple[int, ...] = (1, 2, 5, 8)
+    decoder_hidden_size: int = 256
+    epochs: int = 6
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 1e-2
+    warmup_fraction: float = 0.05  # linear warm-up over this share of the steps, then cosine decay to 0
+    hflip: bool = True  # random horizontal flips (GeoWorld scenes have no handedness)
+    seed: int = 0
+    max_train_images: int | None = None  # None: the whole train split
+    max_val_images: int | None = None  # None: the whole val split
+    eval_batch_size: int = 64
+    num_threads: int | None = None  # torch intra-op threads while training; None: torch's default
+    fetch_threads: int = 16  # parallel object reads (S3 latency), decoding follows in the same threads
+    log_every: int = 25  # steps between progress lines
+    progress: bool = True
 
 
 @dataclass
@@ -84,6 +131,22 @@ class ModelConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Training-split image augmentation (never applied to val/eval). No horizontal flip on purpose: a mirrored
+    street swaps the side of the road traffic drives on and mirrors text, both real location cues."""
+
+    enabled: bool = True
+    # random shift of image and label map together by whole label-grid cells (edge-replicated), so the label
+    # map stays aligned with the backbone's patch grid; 0 disables it
+    max_shift_cells: int = 1
+    # colour jitter factors drawn from [1 - x, 1 + x] per image. Kept mild, and no hue jitter: palettes
+    # (vegetation, soil, building colours) carry climate and region information
+    brightness: float = 0.1
+    contrast: float = 0.1
+    saturation: float = 0.1
+
+
+@dataclass
 class TrainConfig:
     num_workers: int = 2
     use_gpu: bool = False
@@ -97,6 +160,16 @@ class TrainConfig:
     weight_decay: float = 1e-4
     lr_decay: float = 0.75  # lr multiplied by this after every epoch (paper: 0.5 over MP-16 epochs)
     seed: int = 0
+    val_split: str | None = "val"  # val loss every epoch: early stopping, best checkpoint; None: no validation
+    early_stopping_patience: int | None = 4  # stop after this many epochs without val gain (paper: 4); None: never
+    early_stopping_min_delta: float = 0.0  # a gain is a val loss below the best by more than this
+    checkpoints_to_keep: int = 1  # best checkpoints kept by val loss; the latest is always kept too (for resume)
+    max_failures: int = 2  # worker-group restarts from the latest checkpoint after a lost worker
+    log_every_n_steps: int = 10  # per-step MLflow metrics every N optimizer steps (rank 0)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # a torch state dict (local path or s3://) the model starts from instead of its initialisation: fine-tuning
+    # (the retraining job points it at the champion's weights); a resumed run takes its checkpoint instead
+    init_weights: str | None = None
 
 
 @dataclass
@@ -111,10 +184,51 @@ class TrackingConfig:
 
 
 @dataclass
+class BenchmarkConfig:
+    """One benchmark set of the eval job: a manifest in any reader format, optionally one split of it."""
+
+    name: str = "geoworld_test"
+    manifest: str | None = None  # URI (local, file://, s3://); None: the pipeline's GeoWorld manifest
+    format: str = "auto"  # auto | geosurge | geoworld (our own columns) | im2gps3k | yfcc4k | mp16
+    images_root: str | None = None  # public CSVs: the folder IMG_ID is relative to; None: the CSV's folder
+    split: str | None = None  # keep only rows of this split (GeoWorld: train / val / test); None: every row
+
+
+@dataclass
 class EvalConfig:
-    split: str = "test"
+    split: str = "test"  # the split full_pipeline evaluates from its shards
     top_k: int = 5
-    batch_size: int = 64
+    batch_size: int = 64  # images per inference batch (full_pipeline and the eval job)
+    # -- the eval job (workflows/evaluate.py, geosurge.eval.job) ------------------------------------
+    model_uri: str | None = None  # None: models:/<tracking.registered_model>@<tracking.alias> (the challenger)
+    champion_alias: str = "champion"
+    # The promotion metric: GeoScore by default, because it counts every image's error on a smooth scale,
+    # where acc_2500km saturates and the fine accuracies move in coarse steps on small benchmarks.
+    # Any key of geolocation_metrics works (acc_*km and geoscore: higher is better; *_km: lower is better).
+    promotion_metric: str = "geoscore"
+    min_improvement: float = 0.0  # the challenger must beat the champion by more than this
+    decision_benchmark: str | None = None  # the benchmark the decision is made on; None: the first one
+    promote: bool = True  # False: evaluate and record the decision, but leave the champion alias alone
+    benchmarks: list[BenchmarkConfig] = field(
+        default_factory=lambda: [BenchmarkConfig(name="geoworld_test", format="geoworld", split="test")]
+    )
+    actors: int = 1  # inference actor pool size (each loads the model once)
+    gpus_per_actor: float = 1.0  # used only when the Ray cluster has GPUs
+
+    def __post_init__(self) -> None:
+        # YAML and --set give benchmarks as mappings
+        self.benchmarks = [b if isinstance(b, BenchmarkConfig) else _from_dict(BenchmarkConfig, b)
+                           for b in self.benchmarks]
+
+
+@dataclass
+class RetrainConfig:
+    """The scheduled job (workflows/retrain.py): new imagery under `incoming`, fine-tuned from `@champion`."""
+
+    incoming: str | None = None  # where new manifests land; None: <data_root>/incoming
+    epochs: int = 2  # fine-tuning epochs on all shards (old + new), from the champion's weights
+    lr: float = 5e-4
+    lock_ttl_s: float = 6 * 3600  # a lock older than this is taken as left by a crashed run
 
 
 @dataclass
@@ -125,13 +239,15 @@ class PipelineConfig:
     s3: S3Config = field(default_factory=S3Config)
     ray: RayConfig = field(default_factory=RayConfig)
     geoworld: GeoWorldConfig = field(default_factory=GeoWorldConfig)
-    ingest: IngestConfig = field(default_factory=IngestConfig)
+    ingest: IngestConfig = field(default_factory=lambda: IngestConfig(segmenter="geoworld"))
+    segmenter: SegmenterTrainConfig = field(default_factory=SegmenterTrainConfig)  # ingest.segmenter=geoworld
     # small-world defaults; the paper's MP-16 schedule is tau_max 25000 → 500 over 7 levels
     geocells: GeocellConfig = field(default_factory=lambda: GeocellConfig(tau_max=(300, 120, 40), tau_min=8))
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
 
     # -- derived locations -------------------------------------------------------------------------
     @property
@@ -168,7 +284,7 @@ class PipelineConfig:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PipelineConfig":
+    def from_dict(cls, d: dict[str, Any]) -> PipelineConfig:
         return _from_dict(cls, d)
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -41,20 +43,80 @@ def flatten(d: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
+# Tag that names a run by the config's run_name: a driver started again with the same name finds its run by it.
+RUN_NAME_TAG = "geosurge.run_name"
+# A run left in one of these states did not complete (a killed driver leaves RUNNING): a rerun continues it.
+RESUMABLE_STATUSES = ("RUNNING", "FAILED", "KILLED")
+
+
+def find_resumable_run(client, experiment_id: str, run_name: str):
+    """The newest run of `run_name` in the experiment when it did not finish; None when there is none or the
+    newest one FINISHED (a new run then starts)."""
+    quote = '"' if "'" in run_name else "'"  # MLflow's filter strings take either quote and no escapes
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = {quote}{run_name}{quote}",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    if runs and runs[0].info.status in RESUMABLE_STATUSES:
+        return runs[0]
+    return None
+
+
 def start_mlflow_run(config: PipelineConfig):
-    """Open the run's MLflow run and log the whole config (params, flattened; and config.yaml)."""
+    """Open the run's MLflow run and log the whole config (params, flattened; and config.yaml).
+
+    When the experiment holds an unfinished run (RUNNING, FAILED, KILLED) of the same `run_name`, it is
+    reopened instead of starting a new one, so a restarted driver keeps one run and one metric history.
+    Params are immutable in MLflow: on reopening, only params the run lacks are logged, and keys whose value
+    changed are listed in the `geosurge.changed_params` tag."""
     import mlflow
+    from mlflow.tracking import MlflowClient
 
     Path(config.output_dir).mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(config.resolved_tracking_uri)
     if mlflow.get_experiment_by_name(config.tracking.experiment) is None:
         mlflow.create_experiment(config.tracking.experiment, artifact_location=config.resolved_artifact_location)
-    mlflow.set_experiment(config.tracking.experiment)
-    run = mlflow.start_run(run_name=config.run_name)
-    mlflow.log_params({k: str(v)[:500] for k, v in flatten(config.to_dict()).items()})
+    experiment = mlflow.set_experiment(config.tracking.experiment)
+    client = MlflowClient(config.resolved_tracking_uri)
+    params = {k: str(v)[:500] for k, v in flatten(config.to_dict()).items()}
+    previous = find_resumable_run(client, experiment.experiment_id, config.run_name)
+    if previous is None:
+        run = mlflow.start_run(run_name=config.run_name, tags={RUN_NAME_TAG: config.run_name})
+        mlflow.log_params(params)
+    else:
+        run = mlflow.start_run(run_id=previous.info.run_id)
+        resumes = int(previous.data.tags.get("geosurge.resume_count", "0")) + 1
+        print(f"MLflow: continuing run {previous.info.run_id} of '{config.run_name}' "
+              f"(it was {previous.info.status}; resume #{resumes})", flush=True)
+        logged = previous.data.params
+        changed = sorted(k for k, v in params.items() if k in logged and logged[k] != v)
+        mlflow.log_params({k: v for k, v in params.items() if k not in logged})
+        mlflow.set_tag("geosurge.resume_count", str(resumes))
+        if changed:
+            print(f"MLflow: config differs from the run's logged params in {changed} (params keep the first values)")
+            mlflow.set_tag("geosurge.changed_params", ",".join(changed)[:5000])
+    _mark_failed_on_uncaught_exception()
     mlflow.set_tag("config_fingerprint", config.fingerprint())
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp, "config.yaml")
         path.write_text(config.to_yaml())
         mlflow.log_artifact(str(path))
     return run
+
+
+def _mark_failed_on_uncaught_exception() -> None:
+    """MLflow ends the active run as FINISHED at interpreter exit, even after an uncaught exception; a driver
+    that crashed must leave its run FAILED (KILLED on Ctrl-C) so that a rerun continues it."""
+    import mlflow
+
+    if getattr(sys.excepthook, "_geosurge_mlflow", False):
+        return
+    previous_hook = sys.excepthook
+
+    def hook(exc_type, exc, tb):
+        if mlflow.active_run() is not None:
+            status = "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
+            with contextlib.suppress(Exception):  # the original error matters more than a failed status update
+                mlflow.end_run(status)
+        previous_hook(exc_type, exc, tb)
+
+    hook._geosurge_mlflow = True
+    sys.excepthook = hook

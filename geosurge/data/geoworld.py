@@ -30,8 +30,9 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -81,6 +82,7 @@ class GeoWorldConfig:
     landmark_share: float = 0.15
     num_landmarks: int = 200
     jpeg_quality: int = 90
+    id_prefix: str = "gw"  # image ids are <prefix>_<index>: give a later batch of new imagery its own
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -219,8 +221,7 @@ def terrain_height(lat: Any, lon: Any) -> np.ndarray:
 
 # Countries whose 15-35 degree belt is desert rather than tropical/temperate.
 _ARID_COUNTRIES = frozenset(
-    "SA AE EG LY DZ MA TN IQ IR KW QA OM YE JO SY IL PS PK AF MR ML NE TD SD EH NA BW BH DJ ER SO TM UZ"
-    .split())
+    ["SA", "AE", "EG", "LY", "DZ", "MA", "TN", "IQ", "IR", "KW", "QA", "OM", "YE", "JO", "SY", "IL", "PS", "PK", "AF", "MR", "ML", "NE", "TD", "SD", "EH", "NA", "BW", "BH", "DJ", "ER", "SO", "TM", "UZ"])
 # (lat0, lat1, lon0, lon1): US south-west, northern Mexico, Thar desert, inner Australia (not its coastal cities).
 _ARID_BOXES = ((30.0, 37.5, -120.0, -103.0), (24.0, 32.0, -115.0, -100.0), (24.0, 30.0, 68.0, 76.0),
                (-31.0, -18.0, 117.0, 147.0))
@@ -343,7 +344,7 @@ def geoworld_locations(config: GeoWorldConfig) -> pd.DataFrame:
 
     head = pd.DataFrame({
         "index": np.arange(n, dtype=np.int64),
-        "image_id": [f"gw_{i:06d}" for i in range(n)],
+        "image_id": [f"{config.id_prefix}_{i:06d}" for i in range(n)],
         "split": split,
         "landmark_id": landmark_id,
     })
@@ -373,7 +374,7 @@ _CONTINENT_BASE: dict[str, dict[str, Any]] = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def country_style(cc: str, continent: str) -> dict[str, Any]:
     """A country's building palette and architecture motif: the continent base perturbed by a hash of `cc`."""
     base = _CONTINENT_BASE.get(continent, _CONTINENT_BASE["XX"])
@@ -397,7 +398,7 @@ def country_style(cc: str, continent: str) -> dict[str, Any]:
     }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def city_signature(geonameid: int) -> dict[str, Any]:
     """A big city's skyline: tower positions/heights, glass and band colours, crown style (from its id)."""
     r = _hrng("city", geonameid)
@@ -413,7 +414,7 @@ def city_signature(geonameid: int) -> dict[str, Any]:
     }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def landmark_motif(city_geonameid: int) -> dict[str, Any]:
     """A landmark's unique look: kind (tower/sculpture/column/fountain), shape, colours and surface pattern."""
     r = _hrng("landmark", city_geonameid)

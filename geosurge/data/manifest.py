@@ -15,6 +15,11 @@ Readers (all go through `geosurge.data.storage.resolve`, so local paths, file://
 
 One published copy of the Im2GPS3k CSV swaps the LAT and LON header names while the values stay lat,lon; the
 public-format readers detect that (`check_latlon_swap`), fix it and say so.
+
+Streaming (for manifests too big for one process, e.g. MP-16's 4.72 M rows): `plan_manifest_reading` decides
+once per file, from its header and head, the format, the images root and the LAT/LON swap; `iter_manifest_batches`
+then applies that same `ManifestReading` to every batch, with the readers' own column logic
+(`conform_geosurge_batch`, `conform_places365_batch`).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import json
 import os
 import posixpath
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -78,6 +84,8 @@ REASONS: tuple[str, ...] = (MISSING_ID, MISSING_URI, BAD_COORDINATES, DUPLICATE_
 
 FORMATS: tuple[str, ...] = ("geosurge", "mp16", "im2gps3k", "yfcc4k")
 _PUBLIC_FORMATS = ("mp16", "im2gps3k", "yfcc4k")
+# The role each public set plays in the literature: MP-16 is the training set, the others are benchmarks.
+_PUBLIC_SPLITS = {"mp16": "train", "im2gps3k": "test", "yfcc4k": "test"}
 _PUBLIC_LABELS = {"s3_label": "scene3", "s16_label": "scene16", "s365_label": "scene365"}
 # Reader warnings travel with the table in its schema metadata, so validate_manifest can report them.
 _WARNINGS_KEY = b"geosurge.manifest.warnings"
@@ -203,11 +211,30 @@ def _coord_column(col: pa.ChunkedArray | pa.Array) -> pa.Array:
     return pa.array(c.values, type=pa.float64(), mask=c.missing)
 
 
+def _blank_as_null(col: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    """Text cells that are empty (or only spaces) as nulls; other types unchanged. A streamed CSV batch is all
+    text, so an empty label cell arrives as "" where a typed read would have given null."""
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        return col
+    blank = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(col), ""), False)
+    return pc.if_else(blank, pa.scalar(None, col.type), col)
+
+
 def _int_labels(col: pa.ChunkedArray, name: str, messages: list[str]) -> pa.ChunkedArray | pa.Array:
     try:
-        return pc.cast(col, pa.int64())
+        return pc.cast(_blank_as_null(col), pa.int64())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         messages.append(f"column {name!r} is not integer Places365 labels ({col.type}); kept as it is")
+        return col
+
+
+def _float_column(col: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    """A text column of numbers (a streamed CSV batch) as float64, as a typed read gives it; unchanged if not."""
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        return col
+    try:
+        return pc.cast(_blank_as_null(col), pa.float64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return col
 
 
@@ -245,17 +272,18 @@ def _coord_detail(name: str, c: _Coords, idx: np.ndarray, lo: int, hi: int) -> p
 # --------------------------------------------------------------------------------------------- validation
 
 
-def validate_manifest(table: pa.Table) -> tuple[pa.Table, pa.Table, ManifestReport]:
-    """Split a manifest into (clean manifest, quarantine, report); vectorised, no loop over rows.
+def validate_rows(table: pa.Table, known_duplicates: pa.Array | None = None) -> pa.Table:
+    """Every row of a manifest (or a batch of one), in input order, with its validation outcome; vectorised.
 
-    Each row gets at most one reason, the first that applies: `missing_id` (null/empty image_id),
-    `missing_uri`, `bad_coordinates` (missing, not a number, not finite, lat outside [-90, 90] or lon outside
-    [-180, 180]), `duplicate_id` (the first valid occurrence of an id is kept, later ones are quarantined).
-    `lat`/`lon` may be numbers or text (text that is not a number is quarantined and quoted in the detail).
-    Raises ValueError naming the missing and found columns when a required column is absent.
+    The result holds the core columns normalised as in the clean manifest (`image_id`/`uri` text, `lat`/`lon`
+    float64, null where not a number), the other columns unchanged, then `stage`, `reason` and `detail`: null
+    for a row that passes, else why it does not (see `validate_manifest` for the reasons and their order).
+
+    `known_duplicates`: None finds duplicate ids within `table` (the first valid occurrence is kept). A streaming
+    stage that saw the whole manifest in a pre-pass passes a text array instead, one entry per row: the
+    duplicate_id detail for rows that repeat an id kept elsewhere, null for the rest; no local search is done.
     """
     _require_columns(table.column_names, REQUIRED_COLUMNS, "manifest")
-    messages = _table_warnings(table)
     n = table.num_rows
 
     ids = _as_string(table.column("image_id"))
@@ -274,61 +302,85 @@ def validate_manifest(table: pa.Table) -> tuple[pa.Table, pa.Table, ManifestRepo
     for code, bad in ((MISSING_ID, id_blank), (MISSING_URI, uri_blank), (BAD_COORDINATES, ~(lat_ok & lon_ok))):
         reason[(reason == 0) & bad] = REASONS.index(code) + 1
 
-    # Duplicates among rows that passed the other checks, so a bad first copy does not shadow a good one.
-    candidates = np.flatnonzero(reason == 0)
-    first_row = np.full(n, -1, dtype=np.int64)
-    if len(candidates):
-        codes = pc.dictionary_encode(ids.take(pa.array(candidates))).indices.to_numpy(zero_copy_only=False)
-        _, first_pos = np.unique(codes, return_index=True)  # np.unique returns the first index of each value
-        first_of = candidates[first_pos[codes]]
-        dup = first_of != candidates
-        reason[candidates[dup]] = REASONS.index(DUPLICATE_ID) + 1
-        first_row[candidates] = first_of
+    dup_detail: pa.Array | None = None
+    if known_duplicates is None:
+        # Duplicates among rows that passed the other checks, so a bad first copy does not shadow a good one.
+        candidates = np.flatnonzero(reason == 0)
+        first_row = np.full(n, -1, dtype=np.int64)
+        if len(candidates):
+            codes = pc.dictionary_encode(ids.take(pa.array(candidates))).indices.to_numpy(zero_copy_only=False)
+            _, first_pos = np.unique(codes, return_index=True)  # np.unique returns the first index of each value
+            first_of = candidates[first_pos[codes]]
+            dup = first_of != candidates
+            reason[candidates[dup]] = REASONS.index(DUPLICATE_ID) + 1
+            first_row[candidates] = first_of
+        dup_detail = _join("image_id '", ids, "' already kept at row ", pc.cast(pa.array(first_row), pa.string()))
+    else:
+        if len(known_duplicates) != n:
+            raise ValueError(f"known_duplicates has {len(known_duplicates)} entries for {n} rows")
+        dup_detail = pc.cast(_array(known_duplicates), pa.string())
+        known = dup_detail.is_valid().to_numpy(zero_copy_only=False)
+        reason[(reason == 0) & known] = REASONS.index(DUPLICATE_ID) + 1
 
     lat_col = pa.array(lat.values, type=pa.float64(), mask=np.isnan(lat.values))
     lon_col = pa.array(lon.values, type=pa.float64(), mask=np.isnan(lon.values))
 
-    # Quarantine: one sub-table per reason, then back into input order.
-    parts, row_index = [], []
-    counts: dict[str, int] = {}
-    for k, code in enumerate(REASONS, start=1):
-        idx = np.flatnonzero(reason == k)
-        counts[code] = int(len(idx))
-        if not len(idx):
-            continue
-        take = pa.array(idx)
-        qid = ids.take(take)
-        if code == MISSING_ID:
-            detail = pc.if_else(pa.array(id_null[idx]), "image_id is null", "image_id is empty")
-        elif code == MISSING_URI:
-            detail = pc.if_else(pa.array(uri_null[idx]), "uri is null", "uri is empty")
-        elif code == BAD_COORDINATES:
-            detail = pc.binary_join_element_wise(
-                _coord_detail("lat", lat, idx, -90, 90), _coord_detail("lon", lon, idx, -180, 180), "; ",
-                null_handling="skip",
-            )
-        else:
-            detail = _join("image_id '", qid, "' already kept at row ",
-                           pc.cast(pa.array(first_row[idx]), pa.string()))
-        parts.append(
-            pa.Table.from_arrays(
-                [qid, uris.take(take), lat_col.take(take), lon_col.take(take),
-                 pa.array([STAGE] * len(idx), pa.string()), pa.array([code] * len(idx), pa.string()),
-                 pc.cast(detail, pa.string())],
-                schema=QUARANTINE_SCHEMA,
-            )
-        )
-        row_index.append(idx)
-    if parts:
-        order = np.argsort(np.concatenate(row_index), kind="stable")
-        quarantine = pa.concat_tables(parts).take(pa.array(order))
+    codes_arr = pa.array(np.array([None, *REASONS], dtype=object)[reason], pa.string())
+    bad_idx = np.flatnonzero(reason == REASONS.index(BAD_COORDINATES) + 1)
+    bad_text = np.full(n, None, dtype=object)
+    if len(bad_idx):
+        bad_text[bad_idx] = pc.binary_join_element_wise(
+            _coord_detail("lat", lat, bad_idx, -90, 90), _coord_detail("lon", lon, bad_idx, -180, 180), "; ",
+            null_handling="skip",
+        ).to_numpy(zero_copy_only=False)
+    bad_coords = pa.array(bad_text, pa.string())
+    conds = [reason == REASONS.index(code) + 1 for code in REASONS]
+    choices = [
+        pc.if_else(pa.array(id_null), "image_id is null", "image_id is empty"),
+        pc.if_else(pa.array(uri_null), "uri is null", "uri is empty"),
+        pc.cast(bad_coords, pa.string()),
+        pc.cast(dup_detail, pa.string()),
+    ]
+    if n:
+        struct = pc.make_struct(*[pa.array(c) for c in conds], field_names=list(REASONS))
+        detail = pc.case_when(struct, *choices)
     else:
-        quarantine = QUARANTINE_SCHEMA.empty_table()
+        detail = pa.array([], pa.string())
+    stage = pc.if_else(pc.is_valid(codes_arr), pa.scalar(STAGE), pa.scalar(None, pa.string()))
+    rows = _conform(table, {"image_id": ids, "uri": uris, "lat": lat_col, "lon": lon_col})
+    for name in ("stage", "reason", "detail"):
+        if name in rows.column_names:
+            raise ValueError(f"manifest column {name!r} clashes with the validation outcome columns")
+    return rows.append_column("stage", stage).append_column("reason", codes_arr).append_column("detail", detail)
 
-    keep = pa.array(reason == 0)
-    clean = _conform(table, {"image_id": ids, "uri": uris, "lat": lat_col, "lon": lon_col}).filter(keep)
+
+def manifest_row_ok(table: pa.Table) -> np.ndarray:
+    """bool per row: passes every check but the duplicate one (id, uri, coordinates). A streaming pre-pass keeps
+    only these rows when it looks for duplicate ids, as `validate_manifest` does."""
+    nulls = pa.nulls(table.num_rows, pa.string())
+    return validate_rows(table, known_duplicates=nulls).column("reason").is_null().to_numpy(zero_copy_only=False)
+
+
+def validate_manifest(table: pa.Table) -> tuple[pa.Table, pa.Table, ManifestReport]:
+    """Split a manifest into (clean manifest, quarantine, report); vectorised, no loop over rows.
+
+    Each row gets at most one reason, the first that applies: `missing_id` (null/empty image_id),
+    `missing_uri`, `bad_coordinates` (missing, not a number, not finite, lat outside [-90, 90] or lon outside
+    [-180, 180]), `duplicate_id` (the first valid occurrence of an id is kept, later ones are quarantined).
+    `lat`/`lon` may be numbers or text (text that is not a number is quarantined and quoted in the detail).
+    Raises ValueError naming the missing and found columns when a required column is absent.
+    """
+    _require_columns(table.column_names, REQUIRED_COLUMNS, "manifest")
+    messages = _table_warnings(table)
+    rows = validate_rows(table)
+    bad = rows.column("reason").is_valid()
+    quarantine = rows.filter(bad).select(QUARANTINE_SCHEMA.names).cast(QUARANTINE_SCHEMA)
+    clean = rows.filter(pc.invert(bad)).drop_columns(["stage", "reason", "detail"])
     clean = clean.cast(_strict_schema(clean.schema))
-    report = ManifestReport(rows_in=n, rows_out=clean.num_rows, quarantined_by_reason=counts, warnings=messages)
+    reasons = quarantine.column("reason").to_numpy(zero_copy_only=False)
+    counts = {code: int((reasons == code).sum()) for code in REASONS}
+    report = ManifestReport(rows_in=table.num_rows, rows_out=clean.num_rows, quarantined_by_reason=counts,
+                            warnings=messages)
     if not report.reconciles:  # an internal error, not a data problem: fail loudly rather than lose rows
         raise AssertionError(f"manifest validation lost rows: {report.summary()}")
     return clean, quarantine, report
@@ -498,7 +550,7 @@ def detect_format(uri: str, s3: S3Config | None = None) -> str:
     for hint, fmt in (("mp16", "mp16"), ("mp-16", "mp16"), ("im2gps", "im2gps3k"), ("yfcc", "yfcc4k")):
         if hint in base:
             return fmt
-    img = head.column([c for c in cols if c.lower() == "img_id"][0])
+    img = head.column(next(c for c in cols if c.lower() == "img_id"))
     if pc.any(pc.match_substring(_as_string(img), "/")).as_py():
         return "mp16"
     return "im2gps3k" if "author" in lower else "yfcc4k"
@@ -508,6 +560,64 @@ def _parent_uri(uri: str) -> str:
     if is_s3(uri) or uri.startswith("file://"):
         return posixpath.dirname(uri.rstrip("/"))
     return os.path.dirname(os.path.abspath(uri))
+
+
+_PUBLIC_FLOATS = ("prob_indoor", "prob_natural", "prob_urban")  # Places365 scene probabilities (Im2GPS3k, MP-16)
+
+
+def _public_columns(names: list[str], dataset: str, uri: str) -> dict[str, str]:
+    """lower-cased name -> name as spelled in the file; raises unless IMG_ID, LAT and LON are there (any case)."""
+    by_lower = {c.lower(): c for c in names}
+    _require_columns(list(by_lower), ("img_id", "lat", "lon"), f"{dataset} file {uri} (names in any case)")
+    return by_lower
+
+
+def latlon_swap_warning(table: pa.Table, dataset: str, uri: str, sample: str = "") -> str | None:
+    """Decide on `table` (a whole public file, or its head) whether its LAT/LON header names are swapped
+    (`check_latlon_swap`): the warning that says so, or None when they are not."""
+    by_lower = _public_columns(table.column_names, dataset, uri)
+    check = check_latlon_swap(_coords(table.column(by_lower["lat"])).values,
+                              _coords(table.column(by_lower["lon"])).values)
+    if not check.swapped:
+        return None
+    return (f"{dataset} file {uri}: the LAT and LON header names are swapped (decided by {check.method}"
+            f"{sample}: {check.detail}); reading the column named LAT as longitude and LON as latitude")
+
+
+def conform_places365_batch(batch: pa.Table, dataset: str, images_root: str, latlon_swapped: bool,
+                            uri: str = "") -> pa.Table:
+    """A public `*_places365.csv` table (the whole file or one streamed batch) -> manifest columns, before
+    validation: `image_id` = IMG_ID, `uri` = join(images_root, IMG_ID), `lat`/`lon` from LAT/LON (the other
+    way round when `latlon_swapped`, which is decided once per file), S3/S16/S365_Label -> `scene3/16/365`,
+    every other column kept, lower-cased. Problems with label columns travel in the schema metadata."""
+    if dataset not in _PUBLIC_FORMATS:
+        raise ValueError(f"unknown public dataset {dataset!r}; expected one of {_PUBLIC_FORMATS}")
+    by_lower = _public_columns(batch.column_names, dataset, uri)
+    messages: list[str] = []
+    named_lat, named_lon = batch.column(by_lower["lat"]), batch.column(by_lower["lon"])
+    if latlon_swapped:
+        named_lat, named_lon = named_lon, named_lat
+    img = _as_string(batch.column(by_lower["img_id"]))
+    prefix = join(images_root, "")  # root with its trailing separator
+    cols: dict[str, pa.Array | pa.ChunkedArray] = {
+        "image_id": img,
+        "uri": _join(prefix, pc.utf8_ltrim(img, "/")),
+        "lat": _coord_column(named_lat),
+        "lon": _coord_column(named_lon),
+        "split": pa.array([_PUBLIC_SPLITS[dataset]] * batch.num_rows, pa.string()),
+    }
+    for src, dst in _PUBLIC_LABELS.items():
+        if src in by_lower:
+            cols[dst] = _int_labels(batch.column(by_lower[src]), by_lower[src], messages)
+    used = {"img_id", "lat", "lon", *_PUBLIC_LABELS}
+    for name in batch.column_names:
+        if name.lower() in used:
+            continue
+        if name.lower() in cols:
+            raise ValueError(f"{dataset} file {uri}: column {name!r} clashes with manifest column {name.lower()!r}")
+        col = batch.column(name)
+        cols[name.lower()] = _float_column(col) if name.lower() in _PUBLIC_FLOATS else col
+    return _with_warnings(pa.table(cols), messages)
 
 
 def read_places365_csv(
@@ -530,39 +640,11 @@ def read_places365_csv(
             )
         images_root = _parent_uri(uri)
     raw = _read_raw(uri, s3, ("IMG_ID", "LAT", "LON"))
-    by_lower = {c.lower(): c for c in raw.column_names}
-    _require_columns(list(by_lower), ("img_id", "lat", "lon"), f"{dataset} file {uri} (names in any case)")
-    messages: list[str] = []
-
-    named_lat, named_lon = raw.column(by_lower["lat"]), raw.column(by_lower["lon"])
-    check = check_latlon_swap(_coords(named_lat).values, _coords(named_lon).values)
-    if check.swapped:
-        msg = (f"{dataset} file {uri}: the LAT and LON header names are swapped (decided by {check.method}: "
-               f"{check.detail}); reading the column named LAT as longitude and LON as latitude")
-        warnings.warn(msg, UserWarning, stacklevel=3)
-        messages.append(msg)
-        named_lat, named_lon = named_lon, named_lat
-
-    img = _as_string(raw.column(by_lower["img_id"]))
-    prefix = join(images_root, "")  # root with its trailing separator
-    cols: dict[str, pa.Array | pa.ChunkedArray] = {
-        "image_id": img,
-        "uri": _join(prefix, pc.utf8_ltrim(img, "/")),
-        "lat": _coord_column(named_lat),
-        "lon": _coord_column(named_lon),
-        "split": pa.nulls(raw.num_rows, pa.string()),
-    }
-    for src, dst in _PUBLIC_LABELS.items():
-        if src in by_lower:
-            cols[dst] = _int_labels(raw.column(by_lower[src]), by_lower[src], messages)
-    used = {"img_id", "lat", "lon", *_PUBLIC_LABELS}
-    for name in raw.column_names:
-        if name.lower() in used:
-            continue
-        if name.lower() in cols:
-            raise ValueError(f"{dataset} file {uri}: column {name!r} clashes with manifest column {name.lower()!r}")
-        cols[name.lower()] = raw.column(name)
-    return _with_warnings(pa.table(cols), messages)
+    swap = latlon_swap_warning(raw, dataset, uri)
+    if swap:
+        warnings.warn(swap, UserWarning, stacklevel=3)
+    table = conform_places365_batch(raw, dataset, images_root, swap is not None, uri)
+    return _with_warnings(table, [*([swap] if swap else []), *_table_warnings(table)])
 
 
 def read_mp16(uri: str, images_root: str, s3: S3Config | None = None) -> pa.Table:
@@ -648,3 +730,180 @@ def write_quarantine(table: pa.Table, uri: str, s3: S3Config | None = None) -> N
     schema = pa.schema([*QUARANTINE_SCHEMA, *(table.schema.field(c) for c in table.column_names
                                               if c not in QUARANTINE_SCHEMA.names)])
     _write_parquet(pa.table(cols).cast(schema), uri, s3)
+
+
+# --------------------------------------------------------------------------------------------- streaming
+
+_MANIFEST_SUFFIXES = (".parquet", ".pq", ".csv", ".csv.gz", ".csv.bz2", ".csv.zst")
+
+
+def is_parquet_name(uri: str) -> bool:
+    return uri.lower().endswith((".parquet", ".pq"))
+
+
+def list_manifest_files(uri: str, s3: S3Config | None = None) -> list[str]:
+    """The files of a manifest, sorted: the file itself, or every Parquet/CSV file under a folder (names that
+    start with '.' or '_' are skipped, as Parquet readers do). URIs keep the spelling of `uri`."""
+    fs, path = resolve(uri, s3)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"manifest not found: {uri}")
+    if info.type == pafs.FileType.File:
+        return [uri]
+    found = []
+    for item in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
+        rel = posixpath.relpath(item.path, path) if is_s3(uri) else os.path.relpath(item.path, path)
+        parts = rel.replace(os.sep, "/").split("/")
+        if item.type != pafs.FileType.File or any(p.startswith((".", "_")) for p in parts):
+            continue
+        if item.base_name.lower().endswith(_MANIFEST_SUFFIXES):
+            found.append(join(uri, *parts))
+    if not found:
+        raise FileNotFoundError(f"manifest folder {uri} holds no Parquet or CSV file")
+    return sorted(found)
+
+
+def parquet_row_count(uri: str, s3: S3Config | None = None) -> int:
+    """Rows of a Parquet file, from its footer (no row is read)."""
+    fs, path = resolve(uri, s3)
+    return pq.read_metadata(path, filesystem=fs).num_rows
+
+
+def conform_geosurge_batch(batch: pa.Table) -> pa.Table:
+    """`read_geosurge` for one batch: ids and uris as text, empty split cells as null. Coordinates stay as
+    read (numbers or text); `validate_rows` parses them and quotes the ones that are not numbers."""
+    _require_columns(batch.column_names, REQUIRED_COLUMNS, "manifest")
+    replace = {"image_id": _as_string(batch.column("image_id")), "uri": _as_string(batch.column("uri")),
+               "lat": _array(batch.column("lat")), "lon": _array(batch.column("lon"))}
+    if "split" in batch.column_names:
+        split = _as_string(batch.column("split"))
+        replace["split"] = pc.if_else(pc.fill_null(pc.equal(split, ""), False), pa.scalar(None, pa.string()), split)
+    return _conform(batch, replace)
+
+
+def _iter_raw_batches(uri: str, rows: int, s3: S3Config | None = None) -> Iterator[pa.Table]:
+    """Stream one manifest file (Parquet or CSV, optionally compressed) as tables of exactly `rows` rows (the last
+    one shorter), as stored: CSV cells are all text; memory stays at a few batches."""
+    fs, path = resolve(uri, s3)
+    _check_exists(fs, path, uri)
+    parquet = is_parquet_name(path)
+    with (fs.open_input_file(path) if parquet else fs.open_input_stream(path, compression="detect")) as f:
+        if parquet:
+            reader = pq.ParquetFile(f)
+            batches = reader.iter_batches(batch_size=min(rows, 65_536))
+        else:
+            names = _csv_head(fs, path).column_names
+            csv = pacsv.open_csv(f, read_options=pacsv.ReadOptions(block_size=1 << 22),
+                                 convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in names}))
+            batches = iter(csv)
+        pending: list[pa.RecordBatch] = []
+        held = 0
+        for batch in batches:
+            pending.append(batch)
+            held += batch.num_rows
+            while held >= rows:
+                table = pa.Table.from_batches(pending)
+                yield table.slice(0, rows).combine_chunks()
+                rest = table.slice(rows)
+                pending, held = rest.to_batches(), rest.num_rows
+        if held:
+            yield pa.Table.from_batches(pending).combine_chunks()
+
+
+SWAP_SAMPLE_ROWS = 100_000  # rows at the head of a public file that decide whether its LAT/LON names are swapped
+
+
+@dataclass(frozen=True)
+class ManifestReading:
+    """How every streamed batch of one manifest file becomes manifest columns, decided once from the file's head
+    (`plan_manifest_reading`) and applied to each batch alike (`conform`). Small and picklable: it travels to
+    the Ray task that streams the file."""
+
+    uri: str
+    format: str  # one of FORMATS
+    images_root: str | None = None  # public formats: uri = join(images_root, IMG_ID)
+    latlon_swapped: bool = False  # public formats: the columns named LAT and LON hold lon and lat
+    warnings: tuple[str, ...] = ()  # what the head showed (a swapped header), for the caller's report
+
+    def conform(self, batch: pa.Table) -> pa.Table:
+        """One raw batch -> manifest columns, before validation (see `batch_warnings` for label problems)."""
+        if self.format == "geosurge":
+            return conform_geosurge_batch(batch)
+        assert self.images_root is not None
+        return conform_places365_batch(batch, self.format, self.images_root, self.latlon_swapped, self.uri)
+
+
+def batch_warnings(table: pa.Table) -> list[str]:
+    """Problems a reader or `ManifestReading.conform` found in a table (e.g. labels kept as text)."""
+    return _table_warnings(table)
+
+
+def manifest_columns(uri: str, s3: S3Config | None = None) -> list[str]:
+    """Column names of one manifest file, from its Parquet footer or its CSV header."""
+    fs, path = resolve(uri, s3)
+    _check_exists(fs, path, uri)
+    if is_parquet_name(path):
+        return pq.read_schema(path, filesystem=fs).names
+    return _csv_head(fs, path).column_names
+
+
+def resolve_manifest_format(uri: str, format: str = "auto", s3: S3Config | None = None) -> str:
+    """The format of one manifest file ('auto': `detect_format`), its required columns checked on the header."""
+    if format not in ("auto", *FORMATS):
+        raise ValueError(f"unknown manifest format {format!r}; expected 'auto' or one of {FORMATS}")
+    fmt = detect_format(uri, s3) if format == "auto" else format
+    names = manifest_columns(uri, s3)
+    if fmt == "geosurge":
+        _require_columns(names, REQUIRED_COLUMNS, f"manifest {uri}")
+    else:
+        _public_columns(names, fmt, uri)
+    return fmt
+
+
+def plan_manifest_reading(uri: str, format: str = "auto", images_root: str | None = None,
+                          s3: S3Config | None = None, sample_rows: int = SWAP_SAMPLE_ROWS) -> ManifestReading:
+    """Decide how to stream one manifest file: its format ('auto' or one of FORMATS) and, for the public formats,
+    the images root (default: the folder holding the file, for MP-16 too) and whether the LAT/LON header names
+    are swapped, judged on the first `sample_rows` rows (memory stays bounded on a 4.72 M-row MP-16 file)."""
+    fmt = resolve_manifest_format(uri, format, s3)
+    if fmt == "geosurge":
+        return ManifestReading(uri, fmt)
+    head = next(_iter_raw_batches(uri, sample_rows, s3), None)
+    messages: tuple[str, ...] = ()
+    if head is not None:
+        sample = f" on the first {head.num_rows} rows"
+        swap = latlon_swap_warning(head, fmt, uri, sample)
+        messages = (swap,) if swap else ()
+    root = images_root if images_root is not None else _parent_uri(uri)
+    return ManifestReading(uri, fmt, root, bool(messages), messages)
+
+
+def iter_manifest_batches(uri: str, rows: int, s3: S3Config | None = None,
+                          reading: ManifestReading | None = None) -> Iterator[pa.Table]:
+    """Stream one manifest file (Parquet or CSV, optionally compressed) as tables of exactly `rows` rows (the last
+    one shorter), conformed by `reading` (default: our format, `conform_geosurge_batch`); memory stays at a few
+    batches. For a public format, pass `plan_manifest_reading(uri, ...)`: it is decided once, from the head.
+
+    CSV cells are all read as text: a streaming reader cannot go back when a later block disagrees with the
+    types it inferred from the first one (label and probability columns are cast per batch where they parse)."""
+    reading = reading or ManifestReading(uri, "geosurge")
+    for batch in _iter_raw_batches(uri, rows, s3):
+        yield reading.conform(batch)
+
+
+def manifest_coordinates(uri: str, split: str | None = None, s3: S3Config | None = None,
+                         batch_rows: int = 200_000) -> tuple[np.ndarray, np.ndarray]:
+    """(lat, lon) float64 arrays of the manifest's valid rows (of `split`, when given), streamed batch by batch:
+    what the geocell hierarchy is built from, without holding the manifest's other columns. Rows with bad
+    coordinates or ids are left out as ingest quarantines them; a duplicated id counts once per copy."""
+    lats, lons = [], []
+    for file_uri in list_manifest_files(uri, s3):
+        for batch in iter_manifest_batches(file_uri, batch_rows, s3):
+            keep = manifest_row_ok(batch)
+            if split is not None:
+                keep &= (batch.column("split").to_numpy(zero_copy_only=False) == split)
+            lats.append(batch.column("lat").to_numpy(zero_copy_only=False)[keep].astype(np.float64))
+            lons.append(batch.column("lon").to_numpy(zero_copy_only=False)[keep].astype(np.float64))
+    if not lats:
+        return np.empty(0), np.empty(0)
+    return np.concatenate(lats), np.concatenate(lons)

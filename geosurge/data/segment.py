@@ -19,6 +19,9 @@ from geosurge.data.ade20k import NUM_ADE20K_CLASSES, id2label
 log = logging.getLogger(__name__)
 
 RANDOM_SEGMENTER = "random"
+# Not a model but an instruction to the pipeline: train a SegFormer on the run's own GeoWorld label maps
+# (geosurge.data.segmenter_training) and segment with that checkpoint folder.
+GEOWORLD_SEGMENTER = "geoworld"
 # ImageNet statistics: what SegFormer/OneFormer image processors normalise with
 _MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 _STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)

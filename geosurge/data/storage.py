@@ -1,19 +1,37 @@
-"""One way to name data everywhere: a local path, `file://…` or `s3://bucket/prefix`.
+"""One way to name data everywhere: a local path, `file://…`, `s3://bucket/prefix`, and (read-only) `http(s)://`.
 
 Everything that reads or writes data goes through `resolve`, which turns a URI into a pyarrow filesystem and
 a path on it. The same filesystem object is handed to Ray Data (`filesystem=`), so a driver, a Ray task and a
 test all see the same bytes. S3 settings come from `S3Config` (endpoint, region) and the standard AWS
-credential chain; credentials are never printed or logged.
+credential chain; credentials are never printed or logged. Image URLs in manifests may also be `http(s)://`
+(read with `requests`).
+
+Fetching many objects (`Fetcher`) retries with exponential backoff and full jitter on throttling (S3
+SlowDown/503, HTTP 429), other 5xx answers, connection errors and timeouts, and never on a missing object or a
+refused one (404/403); it counts its retries so a stage can report them. A fetch that still fails raises
+`FetchFailed` with a quarantine reason: `not_found`, `timeout` or `fetch_error`.
 """
 
 from __future__ import annotations
 
 import os
 import posixpath
+import random
+import re
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 from urllib.parse import urlparse
 
+import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -33,6 +51,10 @@ def is_s3(uri: str) -> bool:
     return uri.startswith("s3://")
 
 
+def is_http(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
 def join(root: str, *parts: str) -> str:
     """Join path parts under a root URI (local path or s3://), with forward slashes for object stores."""
     if is_s3(root) or root.startswith("file://"):
@@ -40,9 +62,18 @@ def join(root: str, *parts: str) -> str:
     return os.path.join(root, *parts)
 
 
-def s3_filesystem(s3: S3Config | None = None) -> pafs.S3FileSystem:
+def s3_filesystem(
+    s3: S3Config | None = None, max_attempts: int | None = None, timeout_s: float | None = None
+) -> pafs.S3FileSystem:
+    """pyarrow's S3 filesystem. `max_attempts=1` turns the AWS SDK's own retries off (a `Fetcher` retries and
+    counts instead); `timeout_s` bounds connecting and each request."""
     s3 = s3 or S3Config()
     kwargs: dict = {"allow_bucket_creation": True}
+    if max_attempts is not None:
+        kwargs["retry_strategy"] = pafs.AwsStandardS3RetryStrategy(max_attempts=max_attempts)
+    if timeout_s is not None:
+        kwargs["connect_timeout"] = timeout_s
+        kwargs["request_timeout"] = timeout_s
     if s3.endpoint_url:
         parsed = urlparse(s3.endpoint_url)
         kwargs["endpoint_override"] = parsed.netloc or parsed.path
@@ -59,10 +90,11 @@ def s3_filesystem(s3: S3Config | None = None) -> pafs.S3FileSystem:
 
 def resolve(uri: str, s3: S3Config | None = None) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path on it) for a local path, file:// URI or s3:// URI."""
+    if is_http(uri):
+        raise ValueError(f"{uri}: http(s) URLs are read-only image sources (read_bytes), not a filesystem")
     if is_s3(uri):
         return s3_filesystem(s3), uri[len("s3://"):]
-    if uri.startswith("file://"):
-        uri = uri[len("file://"):]
+    uri = uri.removeprefix("file://")
     return pafs.LocalFileSystem(), os.path.abspath(uri)
 
 
@@ -76,16 +108,215 @@ def write_bytes(uri: str, data: bytes, s3: S3Config | None = None) -> None:
     parent = posixpath.dirname(path) if is_s3(uri) else os.path.dirname(path)
     if parent:
         fs.create_dir(parent, recursive=True)
-    with fs.open_output_stream(path) as f:
+    with fs.open_output_stream(path, compression=None) as f:  # bytes as given, even for a name ending .gz
         f.write(data)
 
 
 def read_bytes(uri: str, s3: S3Config | None = None) -> bytes:
+    if is_http(uri):
+        import requests
+
+        response = requests.get(uri, timeout=60)
+        if response.status_code in (404, 410):
+            raise FileNotFoundError(f"{uri}: HTTP {response.status_code}")
+        response.raise_for_status()
+        return response.content
     fs, path = resolve(uri, s3)
-    with fs.open_input_stream(path) as f:
+    with fs.open_input_stream(path, compression=None) as f:
         return f.read()
 
 
 def exists(uri: str, s3: S3Config | None = None) -> bool:
     fs, path = resolve(uri, s3)
     return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def parent(uri: str) -> str:
+    """The folder holding `uri` (same spelling: s3:// stays s3://)."""
+    if is_s3(uri) or uri.startswith("file://"):
+        return posixpath.dirname(uri.rstrip("/"))
+    return os.path.dirname(os.path.abspath(uri))
+
+
+# --------------------------------------------------------------------------------------------- retries
+
+NOT_FOUND = "not_found"
+TIMEOUT = "timeout"
+FETCH_ERROR = "fetch_error"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard to try: `retries` after the first attempt, sleeping a random time in [0, backoff] where backoff
+    = min(max_backoff_s, backoff_s * 2**attempt) (exponential backoff with full jitter); `timeout_s` per request."""
+
+    retries: int = 6
+    backoff_s: float = 0.5
+    max_backoff_s: float = 30.0
+    timeout_s: float = 30.0
+
+    def delay(self, attempt: int) -> float:
+        return random.uniform(0.0, min(self.max_backoff_s, self.backoff_s * 2.0**attempt))
+
+
+class FetchFailed(Exception):
+    """A read that failed for good. `reason` is a quarantine reason (not_found, timeout, fetch_error)."""
+
+    def __init__(self, reason: str, detail: str, retries: int = 0):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.retries = retries
+
+
+class _HttpStatus(OSError):
+    def __init__(self, uri: str, status: int, retry_after: float | None):
+        super().__init__(f"{uri}: HTTP {status}")
+        self.status = status
+        self.retry_after = retry_after
+
+
+# AWS SDK error names (as pyarrow reports them) and curl failures that a later attempt may not meet.
+_TRANSIENT_S3 = re.compile(
+    r"SLOW_DOWN|SlowDown|THROTTL|Throttl|SERVICE_UNAVAILABLE|ServiceUnavailable|INTERNAL_FAILURE|InternalError|"
+    r"NETWORK_CONNECTION|REQUEST_TIMEOUT|RequestTimeout|curlCode|Could not connect|Couldn't connect|"
+    r"Connection refused|Connection reset|Broken pipe|Timeout was reached|timed out|"
+    r"(?:HTTP|status|response) ?(?:code)?:? ?(?:429|5\d\d)\b"
+)
+_TIMEOUT_TEXT = re.compile(r"curlCode: 28|Timeout was reached|timed out|REQUEST_TIMEOUT|RequestTimeout", re.IGNORECASE)
+
+
+def classify(error: BaseException) -> tuple[str, bool]:
+    """(quarantine reason, worth retrying) for an error raised by a read or write."""
+    try:
+        import requests
+    except ImportError:  # pragma: no cover - requests is a dependency
+        requests = None
+    if isinstance(error, FileNotFoundError):
+        return NOT_FOUND, False
+    if isinstance(error, _HttpStatus):
+        if error.status in (404, 410):
+            return NOT_FOUND, False
+        if error.status == 408:
+            return TIMEOUT, True
+        return FETCH_ERROR, error.status == 429 or error.status >= 500
+    if requests is not None and isinstance(error, requests.Timeout):
+        return TIMEOUT, True
+    if requests is not None and isinstance(error, requests.ConnectionError):
+        return FETCH_ERROR, True
+    if isinstance(error, (TimeoutError, socket.timeout)):
+        return TIMEOUT, True
+    if isinstance(error, (ConnectionError, socket.gaierror)):
+        return FETCH_ERROR, True
+    if isinstance(error, (PermissionError, IsADirectoryError)):
+        return FETCH_ERROR, False
+    if isinstance(error, OSError):
+        text = str(error)
+        if "ACCESS_DENIED" in text or "AccessDenied" in text or "NO_SUCH" in text:
+            return FETCH_ERROR, False
+        if _TRANSIENT_S3.search(text):
+            return (TIMEOUT if _TIMEOUT_TEXT.search(text) else FETCH_ERROR), True
+        return FETCH_ERROR, False
+    return FETCH_ERROR, False
+
+
+def with_retries(action: Callable[[], T], policy: RetryPolicy, what: str = "") -> tuple[T, int]:
+    """(action's result, retries it took). Retries transient failures (see `classify`) with backoff; raises
+    FetchFailed once a failure is permanent or the retries are spent."""
+    attempt = 0
+    while True:
+        try:
+            return action(), attempt
+        except Exception as error:
+            reason, transient = classify(error)
+            if not transient or attempt >= policy.retries:
+                tries = f" after {attempt + 1} attempts" if attempt else ""
+                raise FetchFailed(reason, f"{what}: {error}{tries}" if what else f"{error}{tries}", attempt) from error
+            delay = policy.delay(attempt)
+            retry_after = getattr(error, "retry_after", None)
+            if retry_after:  # the server said how long to wait (HTTP 429/503 Retry-After)
+                delay = max(delay, min(retry_after, policy.max_backoff_s))
+            time.sleep(delay)
+            attempt += 1
+
+
+class Fetcher:
+    """Reads many objects (local, s3://, http(s)://) from many threads, with `RetryPolicy` retries.
+
+    One per task: it holds one S3 filesystem with the SDK's own retries off (so every retry is ours and is
+    counted) and one HTTP session with a connection pool of `pool_size`."""
+
+    def __init__(self, s3: S3Config | None, policy: RetryPolicy, pool_size: int = 16):
+        self.s3 = s3
+        self.policy = policy
+        self.pool_size = pool_size
+        self._lock = threading.Lock()
+        self._s3fs: pafs.FileSystem | None = None
+        self._session = None
+
+    def _s3(self) -> pafs.FileSystem:
+        with self._lock:
+            if self._s3fs is None:
+                self._s3fs = s3_filesystem(self.s3, max_attempts=1, timeout_s=self.policy.timeout_s)
+            return self._s3fs
+
+    def _http(self):
+        with self._lock:
+            if self._session is None:
+                import requests
+                from requests.adapters import HTTPAdapter
+
+                self._session = requests.Session()
+                adapter = HTTPAdapter(pool_connections=4, pool_maxsize=self.pool_size, max_retries=0)
+                self._session.mount("http://", adapter)
+                self._session.mount("https://", adapter)
+            return self._session
+
+    def _read_once(self, uri: str) -> bytes:
+        if is_http(uri):
+            response = self._http().get(uri, timeout=self.policy.timeout_s)
+            if response.status_code != 200:
+                retry_after = response.headers.get("Retry-After", "")
+                wait = float(retry_after) if retry_after.replace(".", "", 1).isdigit() else None
+                raise _HttpStatus(uri, response.status_code, wait)
+            return response.content
+        if is_s3(uri):
+            with self._s3().open_input_stream(uri[len("s3://"):], compression=None) as f:
+                return f.read()
+        _, path = resolve(uri)
+        with open(path, "rb") as f:
+            return f.read()
+
+    def read(self, uri: str) -> tuple[bytes, int]:
+        """(bytes, retries it took); raises FetchFailed."""
+        return with_retries(lambda: self._read_once(uri), self.policy, uri)
+
+
+def write_parquet_atomic(table: pa.Table, uri: str, s3: S3Config | None = None,
+                         policy: RetryPolicy | None = None, metadata: dict[bytes, bytes] | None = None) -> int:
+    """Write one Parquet file so that it appears whole or not at all; returns the retries it took.
+
+    An S3 PUT (multipart or not) is atomic by itself; a local file is written beside its target under a hidden
+    temporary name and renamed. Readers skip names starting with '.', so a killed writer leaves nothing they
+    read."""
+    fs, path = resolve(uri, s3)
+    if metadata:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+
+    def write() -> None:
+        if is_s3(uri):
+            with fs.open_output_stream(path) as f:
+                pq.write_table(table, f)
+            return
+        folder, name = os.path.split(path)
+        os.makedirs(folder, exist_ok=True)
+        tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            pq.write_table(table, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    _, retries = with_retries(write, policy or RetryPolicy(), uri)
+    return retries

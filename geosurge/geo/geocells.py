@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import json
 import posixpath
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -164,7 +165,7 @@ class GeocellHierarchy:
         tau_max: Sequence[int],
         tau_min: int,
         max_resolution: int = 12,
-    ) -> "GeocellHierarchy":
+    ) -> GeocellHierarchy:
         """Build one level per `tau_max` entry from training coordinates (degrees)."""
         config = GeocellConfig(tuple(tau_max), tau_min, max_resolution)
         lat, lon = _validate_coords(lat, lon)
@@ -337,7 +338,7 @@ class GeocellHierarchy:
         pq.write_table(table, path, filesystem=fs)
 
     @classmethod
-    def load(cls, uri: str, s3: S3Config | None = None) -> "GeocellHierarchy":
+    def load(cls, uri: str, s3: S3Config | None = None) -> GeocellHierarchy:
         """Read a hierarchy written by `save` (local path, file:// or s3://)."""
         fs, path = resolve(uri, s3)
         table = pq.read_table(path, filesystem=fs)

@@ -23,8 +23,8 @@ import re
 
 import timm
 import torch
-import torch.nn as nn
 from timm.models.efficientnet import EfficientNet
+from torch import nn
 
 from geosurge.config import ModelConfig
 
@@ -116,7 +116,7 @@ class Backbone(nn.Module):
         return tail
 
     @classmethod
-    def from_config(cls, config: ModelConfig) -> "Backbone":
+    def from_config(cls, config: ModelConfig) -> Backbone:
         """The backbone a run's `ModelConfig` names: every model builder makes its backbone here."""
         return cls(config.backbone, config.backbone_kwargs, config.pretrained, config.trainable_blocks)
 
@@ -137,7 +137,7 @@ class Backbone(nn.Module):
         )
         self.train(self.training)
 
-    def train(self, mode: bool = True) -> "Backbone":
+    def train(self, mode: bool = True) -> Backbone:
         """nn.Module.train, except that frozen BatchNorm layers stay in eval mode (see freeze_all_but_last)."""
         super().train(mode)
         for name in getattr(self, "_frozen_norms", ()):

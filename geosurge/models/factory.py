@@ -8,9 +8,9 @@ A model module registers a builder with `@register_model("name")`; the builder t
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
-import torch.nn as nn
+from torch import nn
 
 from geosurge.config import ModelConfig
 from geosurge.geo.geocells import GeocellHierarchy

@@ -8,8 +8,8 @@ this is the "1 level" point of comparison for the hierarchical models.
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from geosurge.config import ModelConfig
 from geosurge.models.backbone import Backbone

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from geosurge.config import ModelConfig
 from geosurge.data import storage
@@ -85,7 +85,7 @@ class LocationBranch(nn.Module):
         return self.head(self.mlp(features))
 
 
-def _bump_version_after_load(module: "LocationEncoder", incompatible_keys: object) -> None:
+def _bump_version_after_load(module: LocationEncoder, incompatible_keys: object) -> None:
     module._bump_version()  # a module-level function, not a lambda, keeps the module picklable
 
 
@@ -108,7 +108,7 @@ class LocationEncoder(nn.Module):
     def _bump_version(self) -> None:
         self.version += 1
 
-    def train(self, mode: bool = True) -> "LocationEncoder":
+    def train(self, mode: bool = True) -> LocationEncoder:
         if mode:  # weights may change from here on (optimizer steps): cached encodings go stale
             self._bump_version()
         return super().train(mode)

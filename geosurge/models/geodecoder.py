@@ -16,8 +16,8 @@ chosen; a finest cell's score is its probability times its ancestors' (as GeoSUR
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from geosurge.config import ModelConfig
 from geosurge.data.ade20k import ADE20K_ID

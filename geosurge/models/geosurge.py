@@ -15,8 +15,8 @@ import math
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from geosurge.config import ModelConfig
 from geosurge.data.ade20k import NUM_ADE20K_CLASSES

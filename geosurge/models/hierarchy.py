@@ -19,7 +19,7 @@ class HierarchySpec:
     lon: tuple[np.ndarray, ...]
 
     @classmethod
-    def from_hierarchy(cls, h: GeocellHierarchy) -> "HierarchySpec":
+    def from_hierarchy(cls, h: GeocellHierarchy) -> HierarchySpec:
         levels = range(h.num_levels)
         coords = [h.cell_coordinates(l) for l in levels]
         return cls(tuple(h.num_cells), tuple(np.asarray(h.parents(l)) for l in levels),

@@ -1,76 +1,230 @@
-"""The ingest stage on a real local Ray: bad records are quarantined with their reason, counts reconcile."""
+"""The ingest stage on a real local Ray, on a local folder and on a real S3 server (SeaweedFS): bad records are
+quarantined with their reason, counts reconcile from what was written, reruns resume instead of duplicating."""
 
 import io
+import json
+import os
+import posixpath
+import struct
+import zlib
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
 from geosurge.config import IngestConfig
+from geosurge.data import storage
 from geosurge.data.geoworld import GeoWorldConfig, generate_geoworld
-from geosurge.data.ingest import ingest, read_quarantine
 from geosurge.data.images import encode_jpeg
+from geosurge.data.ingest import ingest, read_quarantine, source_tag
+from geosurge.geo.geocells import GeocellHierarchy
+
+BAD_IDS = {"missing", "text", "empty", "truncated", "huge", "nan", "lat91", "lon181"}
 
 
-@pytest.fixture(scope="module")
-def manifest_with_bad_rows(tmp_path_factory):
-    root = tmp_path_factory.mktemp("world")
-    manifest_uri = generate_geoworld(GeoWorldConfig(num_images=24, image_size=48, seed=3), str(root / "gw"), progress=False)
-    good = pq.read_table(manifest_uri).select(["image_id", "uri", "lat", "lon", "split"]).to_pylist()
-    bad_dir = root / "bad"
-    bad_dir.mkdir()
-    (bad_dir / "text.jpg").write_text("not a picture")
-    (bad_dir / "empty.jpg").write_bytes(b"")
-    (bad_dir / "truncated.jpg").write_bytes(encode_jpeg(np.full((64, 64, 3), 90, np.uint8))[:250])
+def png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims width × height pixels (a decompression bomb's calling card), with no pixels."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def _bad_files() -> dict[str, bytes]:
     cmyk = io.BytesIO()
     Image.new("CMYK", (40, 30), (0, 120, 200, 10)).save(cmyk, format="JPEG")
-    (bad_dir / "cmyk.jpg").write_bytes(cmyk.getvalue())
-    rows = good + [
-        {"image_id": "missing", "uri": str(bad_dir / "nope.jpg"), "lat": 1.0, "lon": 2.0, "split": "train"},
-        {"image_id": "text", "uri": str(bad_dir / "text.jpg"), "lat": 1.0, "lon": 2.0, "split": "train"},
-        {"image_id": "empty", "uri": str(bad_dir / "empty.jpg"), "lat": 1.0, "lon": 2.0, "split": "train"},
-        {"image_id": "truncated", "uri": str(bad_dir / "truncated.jpg"), "lat": 1.0, "lon": 2.0, "split": "train"},
-        {"image_id": "cmyk", "uri": str(bad_dir / "cmyk.jpg"), "lat": 10.0, "lon": 20.0, "split": "train"},
-        {"image_id": "nan", "uri": good[0]["uri"], "lat": float("nan"), "lon": 2.0, "split": "train"},
-        {"image_id": "lat91", "uri": good[0]["uri"], "lat": 91.0, "lon": 2.0, "split": "train"},
-        {"image_id": "lon181", "uri": good[0]["uri"], "lat": 1.0, "lon": 181.0, "split": "train"},
-        {**good[1], "lat": 5.0},  # duplicate id: the first occurrence wins
+    return {
+        "text.jpg": b"not a picture",
+        "empty.jpg": b"",
+        "truncated.jpg": encode_jpeg(np.full((64, 64, 3), 90, np.uint8))[:250],
+        "huge.png": png_header(30_000, 30_000),
+        "cmyk.jpg": cmyk.getvalue(),
+    }
+
+
+def _read_table(uri: str, s3=None) -> pa.Table:
+    fs, path = storage.resolve(uri, s3)
+    return pq.read_table(path, filesystem=fs)
+
+
+def _ls(uri: str, s3=None) -> list[str]:
+    fs, path = storage.resolve(uri, s3)
+    import pyarrow.fs as pafs
+
+    return sorted(i.base_name for i in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)))
+
+
+def make_bad_manifest(root: str, s3=None) -> tuple[str, int, int]:
+    """GeoWorld images plus every kind of bad input, as one Parquet manifest under `root` (a folder or s3://)."""
+    gw = storage.join(root, "gw")
+    manifest_uri = generate_geoworld(GeoWorldConfig(num_images=24, image_size=48, seed=3), gw, s3, progress=False)
+    good = _read_table(manifest_uri, s3).select(["image_id", "uri", "lat", "lon", "split"]).to_pylist()
+    bad = {}
+    for name, data in _bad_files().items():
+        bad[name] = storage.join(root, "bad", name)
+        storage.write_bytes(bad[name], data, s3)
+    row = {"lat": 1.0, "lon": 2.0, "split": "train"}
+    rows = good[:12] + [
+        {**row, "image_id": "missing", "uri": storage.join(root, "bad", "nope.jpg")},
+        {**row, "image_id": "text", "uri": bad["text.jpg"]},
+        {**row, "image_id": "empty", "uri": bad["empty.jpg"]},
+        {**row, "image_id": "truncated", "uri": bad["truncated.jpg"]},
+        {**row, "image_id": "huge", "uri": bad["huge.png"]},
+        {**row, "image_id": "cmyk", "uri": bad["cmyk.jpg"], "lat": 10.0, "lon": 20.0},
+        {**row, "image_id": "nan", "uri": good[0]["uri"], "lat": float("nan")},
+        {**row, "image_id": "lat91", "uri": good[0]["uri"], "lat": 91.0},
+        {**row, "image_id": "lon181", "uri": good[0]["uri"], "lon": 181.0},
+    ] + good[12:] + [
+        {**good[1], "lat": 5.0},  # duplicate id, chunks away from the first copy: the first occurrence wins
     ]
-    uri = str(root / "manifest.parquet")
-    pq.write_table(pa.Table.from_pylist(rows), uri)
+    uri = storage.join(root, "manifest.parquet")
+    fs, path = storage.resolve(uri, s3)
+    pq.write_table(pa.Table.from_pylist(rows), path, filesystem=fs)
     return uri, len(rows), len(good)
 
 
-def test_bad_records_are_quarantined_with_reasons_and_counts_reconcile(ray_local, manifest_with_bad_rows, tmp_path):
-    manifest_uri, rows_in, good = manifest_with_bad_rows
-    config = IngestConfig(image_size=32, label_grid=4, segment_batch_size=8)
-    result = ingest(manifest_uri, str(tmp_path / "out"), config)
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_bad_records_are_quarantined_with_reasons_and_counts_reconcile(ray_local, where, tmp_path, request):
+    s3 = request.getfixturevalue("s3") if where == "s3" else None
+    root = f"s3://corpus/{tmp_path.name}" if s3 else str(tmp_path)
+    manifest_uri, rows_in, good = make_bad_manifest(root, s3)
+    out = storage.join(root, "out")
+    config = IngestConfig(image_size=32, label_grid=4, segment_batch_size=8, shard_rows=8)
+    result = ingest(manifest_uri, out, config, s3)
 
     assert result.rows_in == rows_in and result.reconciles
     assert result.quarantined_by_reason == {
-        "not_found": 1, "not_an_image": 1, "empty": 1, "truncated": 1, "bad_coordinates": 3, "duplicate_id": 1,
+        "not_found": 1, "not_an_image": 1, "empty": 1, "truncated": 1, "too_large": 1, "bad_coordinates": 3,
+        "duplicate_id": 1,
     }
     assert result.shard_rows == good + 1  # the CMYK JPEG is a good image
+    assert result.chunks == -(-rows_in // 8) and result.chunks_resumed == 0 and result.fetch_retries == 0
 
-    quarantine = read_quarantine(result.quarantine_uri).to_pylist()
+    quarantine = read_quarantine(result.quarantine_uri, s3).to_pylist()
     by_id = {(r["image_id"], r["reason"]): r for r in quarantine}
     assert by_id[("missing", "not_found")]["stage"] == "fetch"
     assert by_id[("truncated", "truncated")]["stage"] == "decode"
+    assert by_id[("huge", "too_large")]["stage"] == "decode"
     assert by_id[("lat91", "bad_coordinates")]["stage"] == "manifest"
+    dup = by_id[("gw_000001", "duplicate_id")]
+    assert dup["stage"] == "manifest" and dup["lat"] == 5.0 and "already kept at row 1" in dup["detail"]
 
-    shards = pq.read_table(str(tmp_path / "out" / "shards"))
-    assert sorted(shards.column("image_id").to_pylist()) == sorted({r["image_id"] for r in pq.read_table(manifest_uri).to_pylist()} - {"missing", "text", "empty", "truncated", "nan", "lat91", "lon181"})
+    shards = _read_table(result.shards_uri, s3)
+    ids = shards.column("image_id").to_pylist()
+    assert len(ids) == len(set(ids))
+    manifest_ids = set(_read_table(manifest_uri, s3).column("image_id").to_pylist())
+    assert set(ids) == manifest_ids - BAD_IDS
+    assert shards.filter(pa.compute.equal(shards.column("image_id"), "gw_000001")).column("lat")[0].as_py() != 5.0
     for row in shards.to_pylist():
         assert row["label_grid"] == 4 and len(row["label_map"]) == 16
         assert max(row["label_map"]) < 150
         assert Image.open(io.BytesIO(row["image"])).size == (32, 32)
+    # every output file is named after its chunk: <manifest stem>-<hash>-<chunk>_<first row>.parquet
+    tag = source_tag(manifest_uri)
+    assert all(name.startswith(f"{tag}-0000") for name in _ls(result.shards_uri, s3))
+    report = json.loads(storage.read_bytes(storage.join(out, "ingest_report.json"), s3))
+    assert report["reconciles"] and report["rows_in"] == rows_in and report["fetch_retries"] == 0
 
-    # A rerun rewrites the stage's output: same rows, no duplicates.
-    again = ingest(manifest_uri, str(tmp_path / "out"), config)
-    assert again.shard_rows == result.shard_rows and again.quarantined == result.quarantined
-    assert pq.read_table(str(tmp_path / "out" / "shards")).num_rows == result.shard_rows
+    # A rerun finds every chunk complete and rewrites nothing: same rows, no duplicates.
+    files_before = _ls(result.shards_uri, s3)
+    again = ingest(manifest_uri, out, config, s3)
+    assert again.chunks_resumed == again.chunks and again.rows_processed == 0
+    assert again.shard_rows == result.shard_rows and again.quarantined_by_reason == result.quarantined_by_reason
+    assert _ls(result.shards_uri, s3) == files_before
+    assert _read_table(result.shards_uri, s3).num_rows == result.shard_rows
+
+
+def test_partial_chunk_is_redone_and_overwrite_clears(ray_local, tmp_path):
+    manifest_uri = generate_geoworld(GeoWorldConfig(num_images=12, image_size=32, seed=4), str(tmp_path / "gw"),
+                                     progress=False)
+    rows = pq.read_table(manifest_uri).to_pylist()
+    rows[5]["lat"] = 95.0  # one quarantined row in chunk 1, so that chunk has a shard file and a quarantine file
+    manifest_uri = str(tmp_path / "m.parquet")
+    pq.write_table(pa.Table.from_pylist(rows), manifest_uri)
+    out = str(tmp_path / "out")
+    config = IngestConfig(image_size=32, label_grid=4, segmenter="ground_truth", shard_rows=4)
+    first = ingest(manifest_uri, out, config)
+    assert first.reconciles and first.shard_rows == 11 and first.chunks == 3
+
+    # As if the run had been killed between writing chunk 1's shard file and its quarantine file.
+    chunk1 = f"{source_tag(manifest_uri)}-00001"
+    (quarantined,) = [f for f in os.listdir(tmp_path / "out" / "quarantine") if f.startswith(chunk1)]
+    os.remove(tmp_path / "out" / "quarantine" / quarantined)
+    resumed = ingest(manifest_uri, out, config)
+    assert resumed.chunks_resumed == 2 and resumed.rows_processed == 4
+    assert resumed.reconciles and resumed.shard_rows == 11 and resumed.quarantined_by_reason == {"bad_coordinates": 1}
+    ids = pq.read_table(str(tmp_path / "out" / "shards")).column("image_id").to_pylist()
+    assert len(ids) == len(set(ids)) == 11
+
+    cleared = ingest(manifest_uri, out, config, overwrite=True)
+    assert cleared.chunks_resumed == 0 and cleared.rows_processed == 12 and cleared.reconciles
+
+
+def test_csv_and_parquet_files_of_one_manifest_folder_dedupe_across_files(ray_local, tmp_path):
+    manifest_uri = generate_geoworld(GeoWorldConfig(num_images=10, image_size=32, seed=8), str(tmp_path / "gw"),
+                                     progress=False)
+    table = pq.read_table(manifest_uri).select(["image_id", "uri", "label_uri", "lat", "lon", "split"])
+    folder = tmp_path / "manifest"
+    folder.mkdir()
+    pq.write_table(table.slice(0, 6), folder / "a.parquet")
+    # the CSV repeats gw_000002 (kept in a.parquet) and has an unparseable coordinate
+    csv_rows = table.slice(6).to_pylist() + [table.slice(2, 1).to_pylist()[0]]
+    csv_rows.append({**csv_rows[0], "image_id": "bad_lat", "lat": None})
+    csv = pa.Table.from_pylist(csv_rows).set_column(3, "lat", pa.array(
+        [str(r["lat"]) for r in csv_rows[:-1]] + ["north"], pa.string()))
+    pacsv.write_csv(csv, folder / "b.csv")
+
+    config = IngestConfig(image_size=32, label_grid=4, segmenter="ground_truth", shard_rows=3)
+    result = ingest(str(folder), str(tmp_path / "out"), config)
+    assert result.rows_in == 12 and result.reconciles and result.shard_rows == 10
+    assert result.quarantined_by_reason == {"duplicate_id": 1, "bad_coordinates": 1}
+    quarantine = {r["image_id"]: r for r in read_quarantine(result.quarantine_uri).to_pylist()}
+    assert quarantine["gw_000002"]["detail"] == "image_id 'gw_000002' already kept at row 2 of a.parquet"
+    assert "lat='north' is not a number" in quarantine["bad_lat"]["detail"]
+    shards = pq.read_table(str(tmp_path / "out" / "shards"))
+    assert sorted(shards.column("image_id").to_pylist()) == [f"gw_{i:06d}" for i in range(10)]
+    assert shards.schema.field("lat").type == pa.float64()
+    names = os.listdir(tmp_path / "out" / "shards")
+    assert {n.split("-")[0] for n in names} == {"a", "b"}  # chunks are named after their manifest file
+
+
+def test_shards_carry_geocells_and_a_second_manifest_lands_beside_the_first(ray_local, tmp_path):
+    first_uri = generate_geoworld(GeoWorldConfig(num_images=12, image_size=32, seed=1), str(tmp_path / "gw1"),
+                                  progress=False)
+    second_uri = generate_geoworld(GeoWorldConfig(num_images=6, image_size=32, seed=2), str(tmp_path / "gw2"),
+                                   progress=False)
+    manifest = pq.read_table(first_uri)
+    hierarchy = GeocellHierarchy.build(manifest.column("lat").to_numpy(), manifest.column("lon").to_numpy(), (6, 3), 1)
+    out = str(tmp_path / "out")
+    config = IngestConfig(image_size=32, label_grid=4, segmenter="ground_truth", shard_rows=5)
+    first = ingest(first_uri, out, config, hierarchy=hierarchy)
+    shards_dir = Path(first.shards_uri)
+    before = {f: (shards_dir / f).stat().st_mtime_ns for f in os.listdir(shards_dir)}
+
+    # New imagery: GeoWorld's ids restart at gw_000000, so prefix them to make them new images.
+    second = pq.read_table(second_uri)
+    second = second.set_column(0, "image_id", pa.array([f"new_{i}" for i in second.column("image_id").to_pylist()]))
+    second_uri = str(tmp_path / "gw2" / "manifest.parquet")
+    pq.write_table(second, second_uri)
+    result = ingest(second_uri, out, config, hierarchy=hierarchy)
+    assert result.rows_in == 6 and result.shard_rows == 6 and result.reconciles and result.manifest_uri == second_uri
+    assert {f: (shards_dir / f).stat().st_mtime_ns for f in before} == before  # the first run's files untouched
+    report = json.loads((tmp_path / "out" / "ingest_report.json").read_text())
+    assert report["manifest_uri"] == second_uri and report["rows_in"] == 6
+
+    shards = pq.read_table(str(shards_dir))
+    assert shards.num_rows == 18 and shards.schema.field("cells").type == pa.list_(pa.int64())
+    cells = np.stack(shards.column("cells").to_numpy(zero_copy_only=False))
+    expected = hierarchy.assign(shards.column("lat").to_numpy(), shards.column("lon").to_numpy())
+    np.testing.assert_array_equal(cells, expected)
+    for column in ("image", "label_map", "label_grid", "lat", "lon", "split"):
+        assert column in shards.column_names
 
 
 def test_ground_truth_label_maps_are_pooled_from_the_manifest(ray_local, tmp_path):
@@ -92,3 +246,113 @@ def test_ground_truth_needs_label_uris(ray_local, tmp_path):
     pq.write_table(pa.Table.from_pylist([{"image_id": "a", "uri": "/nope.jpg", "lat": 1.0, "lon": 2.0}]), uri)
     with pytest.raises(ValueError, match="label_uri"):
         ingest(uri, str(tmp_path / "out"), IngestConfig(segmenter="ground_truth"))
+
+
+# --------------------------------------------------------------------------------------------- public formats
+
+PLACES365_HEADER = "IMG_ID,AUTHOR,LAT,LON,S3_Label,S16_Label,S365_Label,Prob_indoor,Prob_natural,Prob_urban"
+SWAPPED_HEADER = "IMG_ID,AUTHOR,LON,LAT,S3_Label,S16_Label,S365_Label,Prob_indoor,Prob_natural,Prob_urban"
+SCENE3 = {"indoor": 0, "natural": 1, "urban": 2}  # Places365 S3_Label
+
+
+def make_public_csvs(root: str, s3=None) -> tuple[str, str, str, dict[str, dict]]:
+    """GeoWorld images described by public-format CSVs as published: an MP-16 `mp16_places365.csv` beside the
+    GeoWorld folder (IMG_ID = images/<file>, relative to the CSV's folder) with a few bad rows, and an Im2GPS3k
+    CSV elsewhere with the swapped LAT/LON header (IMG_ID = <file>, under an images root given in the config).
+    Returns (mp16 uri, im2gps3k uri, images root of the Im2GPS3k CSV, truth by image file name)."""
+    gw = storage.join(root, "gw")
+    manifest_uri = generate_geoworld(GeoWorldConfig(num_images=30, image_size=32, seed=5), gw, s3, progress=False)
+    rows = _read_table(manifest_uri, s3).to_pylist()
+    # |lon| > 90 first: the file's head decides the swap, while the later chunks (8 rows, |values| <= 90) could
+    # not decide alone; so a per-batch decision would leave them unswapped.
+    rows.sort(key=lambda r: abs(r["lon"]) <= 90)
+    assert sum(abs(r["lon"]) > 90 for r in rows) >= 8 and all(abs(r["lon"]) <= 90 for r in rows[16:])
+    truth = {}
+    for i, r in enumerate(rows):
+        name = posixpath.basename(r["uri"])
+        truth[name] = {"lat": r["lat"], "lon": r["lon"], "scene3": SCENE3[r["scene"]], "scene16": i % 16,
+                       "scene365": i % 365}
+    truth[posixpath.basename(rows[3]["uri"])]["scene3"] = None  # an empty label cell
+
+    def line(img_id: str, lat: float, lon: float, t: dict) -> str:
+        s3_label = "" if t["scene3"] is None else t["scene3"]
+        return f"{img_id},{img_id[-10:-4]}@N00,{lat!r},{lon!r},{s3_label},{t['scene16']},{t['scene365']},0.1,0.2,0.7"
+
+    mp16_lines = [line(f"images/{n}", t["lat"], t["lon"], t) for n, t in truth.items()]
+    first = next(iter(truth))
+    mp16_lines += [
+        line("images/missing.jpg", 10.0, 20.0, truth[first]),  # not on storage
+        line(f"images/{first}", 95.0, 20.0, truth[first]),  # bad coordinates (an id kept elsewhere, not a dup)
+        line(f"images/{first}", 1.0, 2.0, truth[first]),  # duplicate id: the first occurrence wins
+    ]
+    mp16 = storage.join(gw, "mp16_places365.csv")
+    storage.write_bytes(mp16, ("\n".join([PLACES365_HEADER, *mp16_lines]) + "\n").encode(), s3)
+    # values stay lat,lon while the header names them LON,LAT
+    im2gps_lines = [line(n, t["lat"], t["lon"], t) for n, t in truth.items()]
+    im2gps = storage.join(root, "meta", "im2gps3k_places365.csv")
+    storage.write_bytes(im2gps, ("\n".join([SWAPPED_HEADER, *im2gps_lines]) + "\n").encode(), s3)
+    return mp16, im2gps, storage.join(gw, "images"), truth
+
+
+def _check_public_shards(shards: pa.Table, truth: dict[str, dict], images_root: str, split: str) -> None:
+    """`split`: the role of the public set (MP-16 trains, Im2GPS3k/YFCC4k are benchmarks)."""
+    assert shards.num_rows == len(truth)
+    assert shards.schema.field("scene3").type == pa.int64() and shards.schema.field("lat").type == pa.float64()
+    assert shards.schema.field("prob_urban").type == pa.float64() and "author" in shards.column_names
+    for row in shards.to_pylist():
+        name = posixpath.basename(row["image_id"])
+        assert row["uri"] == storage.join(images_root, name)
+        expected = truth[name]
+        assert (row["lat"], row["lon"]) == (expected["lat"], expected["lon"])
+        assert (row["scene3"], row["scene16"], row["scene365"]) == (
+            expected["scene3"], expected["scene16"], expected["scene365"])
+        assert row["split"] == split and row["label_grid"] == 4 and len(row["label_map"]) == 16
+        assert Image.open(io.BytesIO(row["image"])).size == (32, 32)
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_public_format_csvs_are_streamed_as_published(ray_local, where, tmp_path, request, capsys):
+    s3 = request.getfixturevalue("s3") if where == "s3" else None
+    root = f"s3://corpus/public-{tmp_path.name}" if s3 else str(tmp_path)
+    mp16, im2gps, images_root, truth = make_public_csvs(root, s3)
+    config = IngestConfig(image_size=32, label_grid=4, segment_batch_size=8, shard_rows=8)
+
+    # MP-16, format and images root from the defaults: 'auto' from the header, the CSV's folder.
+    result = ingest(mp16, storage.join(root, "out_mp16"), config, s3)
+    assert result.manifest_format == "mp16" and result.warnings == []
+    assert result.rows_in == len(truth) + 3 and result.reconciles and result.chunks == 5
+    assert result.quarantined_by_reason == {"not_found": 1, "bad_coordinates": 1, "duplicate_id": 1}
+    shards = _read_table(result.shards_uri, s3)
+    _check_public_shards(shards, truth, storage.join(storage.parent(mp16), "images"), "train")
+    assert shards.column("image_id")[0].as_py().startswith("images/")  # IMG_ID kept as published
+    quarantine = {r["reason"]: r for r in read_quarantine(result.quarantine_uri, s3).to_pylist()}
+    assert quarantine["not_found"]["uri"] == storage.join(storage.parent(mp16), "images", "missing.jpg")
+    assert quarantine["bad_coordinates"]["detail"] == "lat=95.0 out of [-90, 90]"
+
+    # Im2GPS3k with the swapped header, images under a configured root: decided once, applied to every chunk.
+    swapped = IngestConfig(**{**vars(config), "manifest_format": "im2gps3k", "images_root": images_root})
+    out = storage.join(root, "out_im2gps")
+    result = ingest(im2gps, out, swapped, s3)
+    assert result.manifest_format == "im2gps3k" and result.reconciles and result.quarantined == 0
+    assert result.rows_in == result.shard_rows == len(truth) and result.chunks == 4
+    (warning,) = result.warnings
+    assert "LAT and LON header names are swapped" in warning and f"first {len(truth)} rows" in warning
+    _check_public_shards(_read_table(result.shards_uri, s3), truth, images_root, "test")
+    report = json.loads(storage.read_bytes(storage.join(out, "ingest_report.json"), s3))
+    assert report["warnings"] == [warning] and report["manifest_format"] == "im2gps3k"
+    assert f"ingest: warning: {warning}" in capsys.readouterr().out
+
+    # A rerun resumes from the saved plan and still reports the warning.
+    again = ingest(im2gps, out, swapped, s3)
+    assert again.chunks_resumed == again.chunks and again.warnings == [warning]
+
+
+def test_public_format_errors_come_from_the_driver_before_any_task(ray_local, tmp_path):
+    csv = tmp_path / "im2gps3k_places365.csv"
+    csv.write_text("IMG_ID,AUTHOR,LAT\na.jpg,x,1.0\n")
+    with pytest.raises(ValueError, match="'lon'"):
+        ingest(str(csv), str(tmp_path / "out"), IngestConfig())
+    with pytest.raises(ValueError, match="unknown manifest format 'mp-16'"):
+        ingest(str(csv), str(tmp_path / "out"), IngestConfig(manifest_format="mp-16"))
+    with pytest.raises(ValueError, match="label_uri"):  # public CSVs carry no ground-truth label maps
+        ingest(str(csv), str(tmp_path / "out"), IngestConfig(segmenter="ground_truth"))

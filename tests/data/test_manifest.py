@@ -15,10 +15,13 @@ from geosurge.data.manifest import (
     QUARANTINE_SCHEMA,
     check_latlon_swap,
     detect_format,
+    iter_manifest_batches,
+    plan_manifest_reading,
     read_im2gps3k,
     read_manifest,
     read_mp16,
     read_yfcc4k,
+    resolve_manifest_format,
     validate_manifest,
     write_manifest,
     write_quarantine,
@@ -324,3 +327,50 @@ def test_readers_and_writers_work_on_s3(s3: S3Config) -> None:
     write_manifest(clean, "s3://bench/out/manifest.parquet", s3=s3)
     back, _, _ = read_manifest("s3://bench/out/manifest.parquet", s3=s3)
     assert back.equals(clean)
+
+
+# --------------------------------------------------------------------------------------------- streaming
+
+
+def test_streamed_public_batches_match_the_whole_file_reader(tmp_path: Path) -> None:
+    # Swapped header; the Europe/Africa tail is in batches that could not decide the swap on their own.
+    coords = AMERICAS_ASIA + EUROPE_AFRICA
+    csv = _write(tmp_path / "im2gps3k_places365.csv", SWAPPED_HEADER, _im2gps_rows(coords))
+    reading = plan_manifest_reading(csv, images_root="/b")
+    assert (reading.format, reading.images_root, reading.latlon_swapped) == ("im2gps3k", "/b", True)
+    (warning,) = reading.warnings
+    assert "swapped" in warning and f"on the first {len(coords)} rows" in warning
+    tail = EUROPE_AFRICA[-7:]
+    assert not check_latlon_swap(np.array([c[1] for c in tail]), np.array([c[0] for c in tail])).swapped
+
+    batches = list(iter_manifest_batches(csv, 7, reading=reading))
+    assert [b.num_rows for b in batches] == [7] * 8 + [2]
+    streamed, _, report = validate_manifest(pa.concat_tables(batches))
+    with pytest.warns(UserWarning, match="swapped"):
+        whole, _, _ = read_manifest(csv, images_root="/b")
+    assert streamed.equals(whole) and report.reconciles
+    assert streamed["lat"].to_pylist() == [c[0] for c in coords]
+
+    # Decided on the head only: the first 30 rows (Americas/Asia) settle it for the whole file.
+    assert plan_manifest_reading(csv, images_root="/b", sample_rows=30).latlon_swapped
+
+
+def test_streaming_mp16_defaults_to_the_csv_folder_and_reads_blank_labels_as_null(tmp_path: Path) -> None:
+    header = "IMG_ID,LAT,LON,S3_Label,S16_Label,S365_Label,Prob_indoor"
+    csv = _write(tmp_path / "train.csv", header,
+                 ["34/8d/9055806529.jpg,48.8584,2.2945,2,12,90,0.5", "e1/0a/1234567890.jpg,-33.86,151.21,,,,"])
+    assert resolve_manifest_format(csv) == "mp16"
+    reading = plan_manifest_reading(csv)
+    assert reading.format == "mp16" and reading.images_root == str(tmp_path) and reading.warnings == ()
+    (batch,) = iter_manifest_batches(csv, 100, reading=reading)
+    assert batch["uri"].to_pylist() == [os.path.join(str(tmp_path), "34/8d/9055806529.jpg"),
+                                        os.path.join(str(tmp_path), "e1/0a/1234567890.jpg")]
+    assert batch["scene3"].to_pylist() == [2, None] and batch["scene365"].type == pa.int64()
+    assert batch["prob_indoor"].to_pylist() == [0.5, None]
+    assert batch["lat"].to_pylist() == [48.8584, -33.86]
+
+    with pytest.raises(ValueError, match="unknown manifest format"):
+        resolve_manifest_format(csv, "mp-16")
+    no_lon = _write(tmp_path / "mp16_places365.csv", "IMG_ID,LAT", ["a/b.jpg,1.0"])
+    with pytest.raises(ValueError, match="'lon'"):
+        resolve_manifest_format(no_lon)

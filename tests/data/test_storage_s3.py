@@ -1,9 +1,13 @@
 """Everything that names data works on a real S3 server (SeaweedFS on loopback), as on a local folder."""
 
+import dataclasses
 import io
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+import pytest
 from PIL import Image
 
 from geosurge.config import IngestConfig
@@ -43,3 +47,46 @@ def test_ingest_reads_and_writes_s3_and_reconciles(ray_local, s3):
     shards = pq.read_table(path, filesystem=fs)
     assert sorted(shards.column("image_id").to_pylist()) == [f"gw_{i:06d}" for i in range(16)]
     assert storage.exists("s3://world/ingest-out/ingest_report.json", s3)
+
+
+def test_fetcher_does_not_retry_missing_or_refused_objects_and_retries_a_dead_server(s3, seaweed_server):
+    storage.write_bytes("s3://fetch/there", b"bytes", s3)
+    policy = storage.RetryPolicy(retries=2, backoff_s=0.01, timeout_s=5)
+    assert storage.Fetcher(s3, policy).read("s3://fetch/there") == (b"bytes", 0)
+    with pytest.raises(storage.FetchFailed) as missing:
+        storage.Fetcher(s3, policy).read("s3://fetch/nope")
+    assert missing.value.reason == "not_found" and missing.value.retries == 0
+
+    wrong_key = dataclasses.replace(s3, secret_access_key="not-the-secret")
+    with pytest.raises(storage.FetchFailed) as refused:
+        storage.Fetcher(wrong_key, policy).read("s3://fetch/there")
+    assert refused.value.reason == "fetch_error" and refused.value.retries == 0
+    assert "not-the-secret" not in str(refused.value) and "not-the-secret" not in repr(wrong_key)
+
+    dead = seaweed_server.config
+    seaweed_server.stop(kill=True)
+    with pytest.raises(storage.FetchFailed) as down:
+        storage.Fetcher(dead, policy).read("s3://fetch/there")
+    assert down.value.reason == "fetch_error" and down.value.retries == 2 and "after 3 attempts" in down.value.detail
+
+
+def test_ingest_streams_a_gzipped_csv_manifest_from_s3_with_geocells(ray_local, s3):
+    manifest_uri = generate_geoworld(GeoWorldConfig(num_images=12, image_size=32, seed=7), "s3://world/csv-src", s3,
+                                     progress=False)
+    fs, path = storage.resolve(manifest_uri, s3)
+    table = pq.read_table(path, filesystem=fs).drop_columns(["label_uri"])
+    sink = pa.BufferOutputStream()
+    with pa.CompressedOutputStream(sink, "gzip") as gz:
+        pacsv.write_csv(table, gz)
+    storage.write_bytes("s3://world/csv-src/manifest.csv.gz", sink.getvalue().to_pybytes(), s3)
+    hierarchy = GeocellHierarchy.build(table.column("lat").to_numpy(), table.column("lon").to_numpy(), (6, 3), 1)
+    config = IngestConfig(image_size=32, label_grid=4, segment_batch_size=8, shard_rows=5)
+    result = ingest("s3://world/csv-src/manifest.csv.gz", "s3://world/csv-out", config, s3, hierarchy=hierarchy)
+    assert result.reconciles and result.rows_in == 12 and result.shard_rows == 12 and result.chunks == 3
+    fs, path = storage.resolve(result.shards_uri, s3)
+    shards = pq.read_table(path, filesystem=fs)
+    assert sorted(shards.column("image_id").to_pylist()) == [f"gw_{i:06d}" for i in range(12)]
+    np.testing.assert_array_equal(np.stack(shards.column("cells").to_numpy(zero_copy_only=False)),
+                                  hierarchy.assign(shards.column("lat").to_numpy(), shards.column("lon").to_numpy()))
+    report = storage.read_bytes("s3://world/csv-out/ingest_report.json", s3).decode()
+    assert "testsecret" not in report and "testkey" not in report

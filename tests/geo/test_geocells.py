@@ -7,8 +7,17 @@ import numpy as np
 import pytest
 from h3.api import basic_int as h3i
 
-from geosurge.geo.distance import latlon_to_unit_xyz, pairwise_haversine_km, unit_xyz_to_latlon
-from geosurge.geo.geocells import GeocellHierarchy, h3_cell_to_parent, h3_resolution, latlng_to_h3
+from geosurge.geo.distance import (
+    latlon_to_unit_xyz,
+    pairwise_haversine_km,
+    unit_xyz_to_latlon,
+)
+from geosurge.geo.geocells import (
+    GeocellHierarchy,
+    h3_cell_to_parent,
+    h3_resolution,
+    latlng_to_h3,
+)
 
 TAU_MAX = (3000, 1000, 300)
 TAU_MIN = 10

@@ -115,9 +115,9 @@ def test_unknown_model_name_is_a_clear_error(hierarchy):
 
 # --- beam search and ten-crop inference -------------------------------------------------------------------
 
-from torchvision.transforms.v2 import functional as TVF  # noqa: E402  (an independent ten-crop reference)
+from torchvision.transforms.v2 import functional as TVF
 
-from geosurge.models.geosurge import ten_crop_views  # noqa: E402
+from geosurge.models.geosurge import ten_crop_views
 
 
 def _embeddings(n: int = 5, dim: int = 16, seed: int = 0) -> torch.Tensor:

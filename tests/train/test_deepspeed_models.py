@@ -12,11 +12,11 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
-from model_helpers import TINY_VIT, random_batch, small_hierarchy  # noqa: E402
+from model_helpers import TINY_VIT, random_batch, small_hierarchy
 
-from geosurge.config import GeoClipConfig, ModelConfig, TrainConfig  # noqa: E402
-from geosurge.models import HierarchySpec, create_model, list_models  # noqa: E402
-from geosurge.train.trainer import DEFAULT_EXTENSIONS_DIR, deepspeed_config  # noqa: E402
+from geosurge.config import GeoClipConfig, ModelConfig, TrainConfig
+from geosurge.models import HierarchySpec, create_model, list_models
+from geosurge.train.trainer import DEFAULT_EXTENSIONS_DIR, deepspeed_config
 
 
 @pytest.fixture(scope="module")

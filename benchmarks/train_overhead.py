@@ -1,0 +1,215 @@
+"""Benchmark: throughput of the Ray Train + DeepSpeed training loop against a bare single-process PyTorch loop.
+
+    python benchmarks/train_overhead.py [--images 1500] [--epochs 3] [--workers 2] [--batch-size 32]
+
+Both sides, in one run: the same model (the run config's default GeoSURGE), the same GeoWorld train split
+(ingested once, ground-truth label maps), the same batch size per process, AdamW with the same lr, weight
+decay and gradient clipping, and the same number of optimizer steps per process.
+
+  bare: the train split decoded once into memory, one process, `torch.set_num_threads(cores)`, a plain
+        forward / backward / clip / AdamW step loop (after 2 warm-up steps);
+  Ray:  the pipeline's own `geosurge.train.trainer.train` (TorchTrainer, `--workers` workers × 1 CPU, DeepSpeed
+        ZeRO-2 on gloo), shards streamed and JPEG-decoded by Ray Data every epoch. Its figure is the trainer's
+        own per-epoch `samples_per_s` (the training loop of each epoch: data wait, forward, backward, gradient
+        all-reduce, optimizer), averaged over the epochs after the first (DeepSpeed and Ray Data warm-up).
+        Augmentation and validation are off so both sides do the same work; the end-to-end fit time (worker
+        start, checkpoints) is printed too.
+
+Cores: the Ray loop uses `--workers` workers with one torch thread each, and its Ray Data feeding tasks run on
+the same cores. The bare loop runs twice, with 1 torch thread and with `--workers` threads. The per-core ratio is
+(Ray samples/s per core) / (bare samples/s per core, the better of its two), against a 0.85 target. The
+machine may be shared, so samples per CPU-second are printed too: the Ray workers' own CPU time (the trainer's
+`train_cpu_seconds`), the CPU time of every process of the Ray run over the measured epochs, and the bare
+process's CPU time.
+Shards are generated into --out once and reused by later runs (delete --out after changing --images).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import mlflow
+import psutil
+import torch
+from mlflow.tracking import MlflowClient
+
+from geosurge.config import load_config
+from geosurge.data import storage
+from geosurge.data.geoworld import generate_geoworld
+from geosurge.data.ingest import GROUND_TRUTH_SEGMENTER, ingest
+from geosurge.geo.geocells import GeocellHierarchy
+from geosurge.models import create_model
+from geosurge.pipeline import init_ray, start_mlflow_run
+from geosurge.train.data import read_split, split_rows, to_model_batch
+from geosurge.train.trainer import train
+
+TARGET_PER_CORE_RATIO = 0.85
+
+
+def bare_loop(config, hierarchy, shards_uri: str, steps: int, threads: int) -> tuple[float, float]:
+    """A plain PyTorch loop over the train split held decoded in memory, `steps` AdamW steps: (samples/s,
+    samples per CPU-second of the process)."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(config.train.seed)
+    model = create_model(config.model, hierarchy).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.train.lr, weight_decay=config.train.weight_decay)
+    batches = []
+    for table in read_split(shards_uri, "train", config.s3).iter_batches(
+            batch_size=config.train.batch_size, batch_format="pyarrow", drop_last=True):
+        batches.append({k: torch.from_numpy(v) for k, v in to_model_batch(table, hierarchy).items()})
+
+    def one_step(batch):
+        loss = model(batch)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)  # DeepSpeed's gradient_clipping=1.0
+        optimizer.step()
+
+    for i in range(2):
+        one_step(batches[i % len(batches)])
+    started, cpu_started = time.perf_counter(), time.process_time()
+    for i in range(steps):
+        one_step(batches[i % len(batches)])
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    samples = steps * config.train.batch_size
+    return samples / seconds, samples / cpu_seconds
+
+
+def ray_tree_cpu_seconds() -> dict[int, float]:
+    """CPU seconds so far of every process of this benchmark's own Ray (all descend from this process)."""
+    out = {}
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            t = proc.cpu_times()
+            out[proc.pid] = t.user + t.system
+        except psutil.Error:
+            pass
+    return out
+
+
+class RayCpuMeter(threading.Thread):
+    """CPU seconds of the Ray run's processes from the moment the first epoch's metrics reach MLflow (warm-up
+    over) to the end. Sampled every 0.2 s and kept per process, since workers exit when the fit ends."""
+
+    def __init__(self, tracking_uri: str, run_id: str):
+        super().__init__(daemon=True)
+        self.client, self.run_id = MlflowClient(tracking_uri), run_id
+        self.start_cpu: dict[int, float] | None = None
+        self.last_cpu: dict[int, float] = {}
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            now = ray_tree_cpu_seconds()
+            if self.start_cpu is None and self.client.get_metric_history(self.run_id, "samples_per_s"):
+                self.start_cpu = now
+            self.last_cpu.update(now)
+            time.sleep(0.2)
+
+    def cpu_seconds(self) -> float:
+        self.stop.set()
+        self.join()
+        if self.start_cpu is None:
+            return float("nan")
+        return sum(v - self.start_cpu.get(pid, 0.0) for pid, v in self.last_cpu.items())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=1500, help="GeoWorld images (80%% train)")
+    parser.add_argument("--epochs", type=int, default=3, help="Ray epochs; the first is warm-up")
+    parser.add_argument("--workers", type=int, default=2, help="Ray workers = bare-loop torch threads = cores")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--out", default="runs/train_overhead")  # its MLflow run lands in <out>/mlflow.db
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    args = parser.parse_args(argv)
+
+    out = Path(args.out).absolute()
+    shutil.rmtree(out / "ray_results", ignore_errors=True)  # a fresh fit, never a resume of an older one
+    config = load_config(overrides=[
+        f"output_dir={out}", "run_name=train-overhead", f"geoworld.num_images={args.images}",
+        f"ingest.segmenter={GROUND_TRUTH_SEGMENTER}", f"train.num_workers={args.workers}", "train.cpus_per_worker=1",
+        f"train.batch_size={args.batch_size}", f"train.epochs={args.epochs}", "train.augment.enabled=false",
+        "train.val_split=", "train.early_stopping_patience=null", *args.set])
+    root = config.resolved_data_root
+    init_ray(config)
+    shards_uri = storage.join(root, "ingest", "shards")
+    if not split_rows_or_zero(shards_uri, config):
+        manifest = generate_geoworld(config.geoworld, storage.join(root, "geoworld"), config.s3, progress=False)
+        shards_uri = ingest(manifest, storage.join(root, "ingest"), config.ingest, config.s3).shards_uri
+    coords = read_split(shards_uri, "train", config.s3).select_columns(["lat", "lon"]).to_pandas()
+    hierarchy = GeocellHierarchy.build(coords.lat.to_numpy(), coords.lon.to_numpy(), config.geocells.tau_max,
+                                       config.geocells.tau_min, config.geocells.max_resolution)
+    hierarchy_uri = storage.join(root, "geocells.parquet")
+    hierarchy.save(hierarchy_uri, config.s3)
+    train_rows = len(coords)
+    steps_per_epoch = train_rows // args.workers // args.batch_size
+    measured_steps = steps_per_epoch * (args.epochs - 1)
+    print(f"train split: {train_rows} images; {steps_per_epoch} steps of {args.batch_size} per worker per epoch; "
+          f"model {config.model.name} ({config.model.backbone}, {config.model.backbone_kwargs}); "
+          f"{os.cpu_count()} cores on this machine", flush=True)
+
+    load_before = os.getloadavg()[0]
+    run = start_mlflow_run(config)
+    meter = RayCpuMeter(config.resolved_tracking_uri, run.info.run_id)
+    meter.start()
+    started = time.time()
+    train(config, shards_uri, hierarchy, hierarchy_uri, run.info.run_id)
+    fit_seconds = time.time() - started
+    tree_cpu = meter.cpu_seconds()
+    mlflow.end_run()
+    client = MlflowClient(config.resolved_tracking_uri)
+
+    def after_warm_up(key: str) -> list[float]:
+        return [m.value for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
+                if m.step >= 1]
+
+    ray_epochs = after_warm_up("samples_per_s")
+    ray_samples_per_s = statistics.mean(ray_epochs)
+    measured_samples = measured_steps * args.batch_size * args.workers
+    ray_per_worker_cpu = measured_samples / sum(after_warm_up("train_cpu_seconds"))
+
+    # The bare loop at 1 thread (its best per-core figure on small models) and at `cores` threads (same cores as
+    # Ray); the ratio is taken against the better per-core one of the two.
+    cores = args.workers
+    bare = {threads: bare_loop(config, hierarchy, shards_uri, measured_steps, threads) for threads in sorted({1, cores})}
+    best_threads = max(bare, key=lambda t: bare[t][0] / t)
+    ratio = (ray_samples_per_s / cores) / (bare[best_threads][0] / best_threads)
+    print(f"\nload average (1 min): {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end "
+          f"(the machine is shared; {os.cpu_count()} cores)")
+    print(f"Ray Train + DeepSpeed ZeRO-{config.train.zero_stage}: {ray_samples_per_s:7.1f} samples/s on {cores} cores "
+          f"= {ray_samples_per_s / cores:6.1f} per core ({args.workers} workers x 1 thread; epochs after warm-up: "
+          f"{', '.join(f'{v:.1f}' for v in ray_epochs)}); fit {fit_seconds:.0f} s end to end for {args.epochs} epochs")
+    print(f"    per CPU-second: {ray_per_worker_cpu:6.1f} samples (training workers' own CPU time); "
+          f"{measured_samples / tree_cpu:6.1f} samples (every process of this Ray: workers, Ray Data feeding, "
+          f"controller, checkpoints, and Ray's own GCS/raylet/dashboard daemons; {tree_cpu:.0f} CPU-s from the end "
+          f"of epoch 0 to the end of the fit)")
+    for threads, (value, per_cpu) in bare.items():
+        print(f"bare PyTorch loop, 1 process: {value:7.1f} samples/s on {threads} core(s) = {value / threads:6.1f} "
+              f"per core; {per_cpu:6.1f} samples per CPU-second ({threads} torch thread(s), {measured_steps} steps, "
+              f"data in memory)")
+    print(f"per-core ratio Ray / bare ({best_threads} thread(s), the better per core): {ratio:.2f} "
+          f"(target >= {TARGET_PER_CORE_RATIO}: {'met' if ratio >= TARGET_PER_CORE_RATIO else 'NOT met'})")
+    bare_cpu = max(per_cpu for _, per_cpu in bare.values())
+    print(f"per-CPU-second ratio Ray / bare (load-independent): {ray_per_worker_cpu / bare_cpu:.2f} training workers "
+          f"only, {measured_samples / tree_cpu / bare_cpu:.2f} whole Ray run")
+    return 0
+
+
+def split_rows_or_zero(shards_uri: str, config) -> int:
+    try:
+        return split_rows(shards_uri, "train", config.s3)
+    except (FileNotFoundError, OSError):
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Figures for runs and reports, written as PNG files with matplotlib (Agg: no display needed).
+
+The world map's land comes from `global-land-mask` (GLOBE 1 km land/sea grid, shipped inside the package), so
+drawing a map downloads nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import zipfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never pick an interactive backend on a headless worker
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.colors import ListedColormap
+from numpy.lib import format as npy_format
+
+LAND_MASK_STEP = 30  # keep every 30th row/column of the 1/120° grid: a 0.25° map, 720 × 1440
+
+
+@functools.cache
+def land_grid(step: int = LAND_MASK_STEP) -> np.ndarray:
+    """bool [rows, cols], True on land, north-up from 90°N and west-first from 180°W, every `step`-th cell of
+    global-land-mask's 21,600 × 43,200 grid. Rows are streamed out of the compressed file, so the 0.9 GB full
+    grid is never held in memory (importing `global_land_mask` would load all of it)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("global_land_mask")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the global-land-mask package is not installed")
+    npz = Path(next(iter(spec.submodule_search_locations)), "globe_combined_mask_compressed.npz")
+    with zipfile.ZipFile(npz) as archive, archive.open("mask.npy") as f:
+        version = npy_format.read_magic(f)
+        read_header = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+        (n_rows, n_cols), fortran_order, dtype = read_header(f)
+        if fortran_order or dtype != np.bool_:
+            raise RuntimeError(f"unexpected land mask layout in {npz}: {dtype}, fortran_order={fortran_order}")
+        rows = []
+        for _ in range(0, n_rows, step):
+            block = f.read(n_cols * min(step, n_rows - len(rows) * step))
+            rows.append(np.frombuffer(block[:n_cols], dtype=np.bool_)[::step])
+    return ~np.stack(rows)  # the file marks ocean as True
+
+
+def world_map(
+    path: str | Path,
+    pred_lat,
+    pred_lon,
+    true_lat=None,
+    true_lon=None,
+    labels: list[str] | None = None,
+    title: str = "",
+) -> Path:
+    """A PNG world map (equirectangular) of predicted coordinates, with the true ones and a line from each
+    prediction to its truth when those are given; `labels` (one per prediction, "" for none) are written
+    beside the predictions. Returns the path written."""
+    pred_lat, pred_lon = np.asarray(pred_lat, np.float64).ravel(), np.asarray(pred_lon, np.float64).ravel()
+    if pred_lat.shape != pred_lon.shape:
+        raise ValueError(f"pred_lat and pred_lon differ in length: {pred_lat.size} vs {pred_lon.size}")
+    has_truth = true_lat is not None and true_lon is not None
+    if has_truth:
+        true_lat, true_lon = np.asarray(true_lat, np.float64).ravel(), np.asarray(true_lon, np.float64).ravel()
+        if true_lat.shape != pred_lat.shape or true_lon.shape != pred_lon.shape:
+            raise ValueError("true_lat/true_lon must have one coordinate per prediction")
+    if labels is not None and len(labels) != pred_lat.size:
+        raise ValueError(f"{len(labels)} labels for {pred_lat.size} predictions")
+
+    fig, ax = plt.subplots(figsize=(12, 6.2), dpi=100)
+    try:
+        ax.imshow(land_grid(), extent=(-180, 180, -90, 90), origin="upper", interpolation="nearest",
+                  cmap=ListedColormap(["#dce9f5", "#cfcabb"]), vmin=0, vmax=1, zorder=0)
+        if has_truth:
+            for lat0, lon0, lat1, lon1 in zip(pred_lat, pred_lon, true_lat, true_lon):
+                # the short way round: a pair across the antimeridian is drawn as two pieces leaving the map
+                shift = 360.0 * np.sign(lon0 - lon1) if abs(lon0 - lon1) > 180 else 0.0
+                for offset in ((0.0, -shift) if shift else (0.0,)):
+                    ax.plot([lon0 + offset, lon1 + shift + offset], [lat0, lat1], color="#555555",
+                            linewidth=0.7, alpha=0.7, zorder=1)
+            ax.scatter(true_lon, true_lat, s=28, marker="o", facecolors="none", edgecolors="#1b7837",
+                       linewidths=1.4, label="truth", zorder=2)
+        ax.scatter(pred_lon, pred_lat, s=36, marker="x", color="#c51b7d", linewidths=1.6,
+                   label="prediction", zorder=3)
+        for lat, lon, text in zip(pred_lat, pred_lon, labels or []):
+            if text:
+                ax.annotate(text, (lon, lat), xytext=(4, 4), textcoords="offset points", fontsize=8, zorder=4,
+                            bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.7})
+        ax.set_xlim(-180, 180)
+        ax.set_ylim(-90, 90)
+        ax.set_xticks(range(-180, 181, 60))
+        ax.set_yticks(range(-90, 91, 30))
+        ax.set_xlabel("longitude (°)")
+        ax.set_ylabel("latitude (°)")
+        ax.grid(color="white", linewidth=0.4, alpha=0.6)
+        ax.legend(loc="lower left", fontsize=8, framealpha=0.8)
+        if title:
+            ax.set_title(title)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, format="png", bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return path
+
+
+def accuracy_curve(path: str | Path, errors_km, thresholds_km=None, title: str = "") -> Path:
+    """Accuracy against distance threshold: the share of images whose error is <= d, over a log-x range of d.
+
+    `errors_km`: one array of great-circle errors, or {label: errors} for one curve per model (challenger vs
+    champion). The curves are the exact step functions of the errors (the same `<=` as the metrics); markers at
+    `thresholds_km` (default the benchmark's 1/25/200/750/2500 km) carry each model's accuracy there.
+    Returns the path written."""
+    from collections.abc import Mapping
+
+    from geosurge.geo.metrics import ACCURACY_THRESHOLDS_KM
+
+    curves = dict(errors_km) if isinstance(errors_km, Mapping) else {"model": errors_km}
+    if not curves:
+        raise ValueError("accuracy_curve needs at least one set of errors")
+    marks = np.asarray(ACCURACY_THRESHOLDS_KM if thresholds_km is None else thresholds_km, np.float64)
+    lo, hi = min(0.1, marks.min() / 10), max(20_037.5, marks.max())  # 20,037.5 km: half the circumference
+    grid = np.logspace(np.log10(lo), np.log10(hi), 400)
+    sorted_errors = {}
+    for label, errors in curves.items():
+        e = np.sort(np.asarray(errors, np.float64).ravel())
+        if e.size == 0 or not np.isfinite(e).all():
+            raise ValueError(f"accuracy_curve: the errors of {label!r} are empty or not finite")
+        sorted_errors[label] = e
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+    try:
+        for x in marks:
+            ax.axvline(x, color="0.88", linewidth=0.8, zorder=0)
+        for i, (label, e) in enumerate(sorted_errors.items()):
+            share = np.searchsorted(e, grid, side="right") / e.size
+            at_marks = np.searchsorted(e, marks, side="right") / e.size
+            (line,) = ax.step(grid, 100 * share, where="post", label=f"{label} (n={e.size})", zorder=2)
+            ax.plot(marks, 100 * at_marks, "o", color=line.get_color(), zorder=3)
+            for x, y in zip(marks, at_marks):
+                ax.annotate(f"{100 * y:.1f}%", (x, 100 * y), xytext=(5, -12 - 11 * i), textcoords="offset points",
+                            fontsize=7, color=line.get_color())
+        ax.set_xscale("log")
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(0, 100)
+        ax.set_xticks(marks, [f"{x:g} km" for x in marks])
+        ax.minorticks_off()
+        ax.set_xlabel("distance threshold (great-circle, log scale)")
+        ax.set_ylabel("images within the threshold (%)")
+        ax.set_title(title or "accuracy against distance")
+        ax.grid(axis="y", color="0.92")
+        ax.legend(loc="upper left", fontsize=8)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, format="png", bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return path

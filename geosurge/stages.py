@@ -1,0 +1,60 @@
+"""Stage records: what each pipeline stage made, and from which config, so a rerun skips finished work.
+
+A stage's key is a hash of the config sections it reads plus the keys of the stages it consumes, so
+changing `train.lr` redoes training and everything after it, while GeoWorld, ingest and geocells are
+skipped. A record lives beside the data (`<data_root>/_stages/<stage>.json`, local or s3://) and counts as
+done only while every output it names still exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from geosurge.data import storage
+
+
+def stage_key(*parts: Any) -> str:
+    """A short, stable hash of JSON-able parts (config sections as dicts, upstream keys as strings)."""
+    payload = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+@dataclass
+class StageRecord:
+    stage: str
+    key: str
+    outputs: dict[str, str]  # name → URI; the stage is done only while all of them exist
+    summary: dict[str, Any] = field(default_factory=dict)  # counts, metrics, versions: for the final report
+    finished_at: float = 0.0
+
+
+class StageLedger:
+    """Reads and writes the stage records of one data root."""
+
+    def __init__(self, root_uri: str, s3: storage.S3Config | None = None):
+        self.root = storage.join(root_uri, "_stages")
+        self.s3 = s3
+
+    def _uri(self, stage: str) -> str:
+        return storage.join(self.root, f"{stage}.json")
+
+    def lookup(self, stage: str, key: str) -> StageRecord | None:
+        """The record of `stage` made with `key`, if its outputs are all still there; else None."""
+        uri = self._uri(stage)
+        if not storage.exists(uri, self.s3):
+            return None
+        record = StageRecord(**json.loads(storage.read_bytes(uri, self.s3)))
+        if record.key != key:
+            return None
+        if not all(storage.exists(out, self.s3) for out in record.outputs.values()):
+            return None
+        return record
+
+    def record(self, stage: str, key: str, outputs: dict[str, str], summary: dict[str, Any] | None = None) -> StageRecord:
+        record = StageRecord(stage=stage, key=key, outputs=outputs, summary=summary or {}, finished_at=time.time())
+        storage.write_bytes(self._uri(stage), json.dumps(asdict(record), indent=2, default=str).encode(), self.s3)
+        return record

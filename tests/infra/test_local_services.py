@@ -1,0 +1,265 @@
+"""infra/seaweedfs.sh and the MLflow server of infra/mlflow/mlflow.yaml, run for real on loopback.
+
+The MLflow server gets the Deployment's own command line and environment (Kubernetes' $(VAR) expansion included),
+with a real PostgreSQL standing in for the `mlflow-postgres` Service and the SeaweedFS of infra/seaweedfs.sh for S3."""
+
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import boto3
+import pytest
+import requests
+from infra_helpers import INFRA, REPO, expand_k8s_vars, flag_value, one
+
+from geosurge.config import load_config
+from geosurge.data import storage
+
+SCRIPT = INFRA / "seaweedfs.sh"
+
+
+def _free_port_pair() -> int:
+    """A free loopback port P whose P+10000 (SeaweedFS's gRPC twin) is free too."""
+    for _ in range(200):
+        port = random.randint(20000, 45000)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10000))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port pair")
+
+
+def _script(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(SCRIPT), *args], check=False, capture_output=True, text=True, timeout=120,
+                          cwd=REPO, env={**os.environ, **(env or {})})
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def seaweedfs(tmp_path_factory):
+    """infra/seaweedfs.sh start on a free port; yields (folder, printed settings); stopped at the end."""
+    folder = tmp_path_factory.mktemp("seaweedfs")
+    started = _script("start", str(folder), env={"S3_PORT": str(_free_port_pair()), "S3_BUCKET": "geosurge"})
+    assert started.returncode == 0, started.stdout + started.stderr
+    pid = int((folder / "weed.pid").read_text())
+    try:
+        yield folder, started.stdout
+    finally:
+        stopped = _script("stop", str(folder))
+        assert stopped.returncode == 0 and not _pid_alive(pid), stopped.stdout + stopped.stderr
+
+
+def _printed(stdout: str) -> tuple[list[str], dict[str, str]]:
+    """The `--set` overrides and the exported credentials the script printed."""
+    overrides = re.findall(r"--set (\S+)", stdout)
+    (exports,) = [line for line in stdout.splitlines() if line.strip().startswith("export ")]
+    credentials = dict(token.split("=", 1) for token in exports.split()[1:])
+    return overrides, credentials
+
+
+def test_seaweedfs_script_serves_s3_with_the_settings_it_prints(seaweedfs, monkeypatch):
+    folder, stdout = seaweedfs
+    overrides, credentials = _printed(stdout)
+    config = load_config(overrides=overrides)  # the printed settings are real PipelineConfig keys
+    assert config.s3.endpoint_url.startswith("http://127.0.0.1:") and config.data_root.startswith("s3://geosurge/")
+    for key, value in credentials.items():
+        monkeypatch.setenv(key, value)  # the AWS chain, as the printout says
+    uri = storage.join(config.resolved_data_root, "probe", "hello.txt")
+    storage.write_bytes(uri, b"hello from the pipeline", config.s3)
+    assert storage.read_bytes(uri, config.s3) == b"hello from the pipeline"
+    assert (folder / "s3.env").stat().st_mode & 0o077 == 0  # the key file is private
+    status = _script("status", str(folder))
+    assert status.returncode == 0 and config.s3.endpoint_url in status.stdout
+
+
+def test_seaweedfs_script_keeps_its_key_across_a_restart_and_stops_only_its_own_server(tmp_path):
+    env = {"S3_PORT": str(_free_port_pair())}
+    first = _script("start", str(tmp_path), env=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    pid = int((tmp_path / "weed.pid").read_text())
+    assert _script("stop", str(tmp_path)).returncode == 0 and not _pid_alive(pid)
+    assert _script("status", str(tmp_path)).returncode == 3
+    second = _script("start", str(tmp_path), env=env)
+    try:
+        assert second.returncode == 0, second.stdout + second.stderr
+        assert _printed(second.stdout)[1] == _printed(first.stdout)[1]  # same key pair: clients keep working
+    finally:
+        assert _script("stop", str(tmp_path)).returncode == 0
+    # a pid file naming someone else's process is never acted on
+    (tmp_path / "weed.pid").write_text(str(os.getpid()))
+    assert "not running" in _script("stop", str(tmp_path)).stdout and _pid_alive(os.getpid())
+
+
+# -- PostgreSQL + MLflow server --------------------------------------------------------------------------------
+def _postgres_bin(name: str) -> str | None:
+    """On PATH, or in Debian's versioned folder (newest first)."""
+    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), key=lambda p: int(p.parts[-3]))
+    return shutil.which(name) or (str(candidates[-1]) if candidates else None)
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A throwaway PostgreSQL on loopback: (port, user, password, database)."""
+    initdb, pg_ctl = _postgres_bin("initdb"), _postgres_bin("pg_ctl")
+    if not (initdb and pg_ctl):
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
+    pytest.importorskip("psycopg")
+    root = Path(tempfile.mkdtemp(prefix="gspg", dir="/tmp"))
+    as_owner = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        shutil.chown(root, "postgres")
+        as_owner = ["runuser", "-u", "postgres", "--"]
+    port, user, password, database = _free_port_pair(), "mlflow", "pw-" + os.urandom(6).hex(), "mlflow"
+    pwfile = root / "pw"
+    pwfile.write_text(password)
+    if as_owner:
+        shutil.chown(pwfile, "postgres")
+    subprocess.run([*as_owner, initdb, "-D", str(root / "data"), "-U", user, f"--pwfile={pwfile}",
+                    "--auth=scram-sha-256"], check=True, capture_output=True)
+    subprocess.run([*as_owner, pg_ctl, "-D", str(root / "data"), "-l", str(root / "log"), "-w", "start",
+                    "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1"], check=True, capture_output=True)
+    try:
+        import psycopg
+
+        # CREATE DATABASE runs outside a transaction
+        with psycopg.connect(host="127.0.0.1", port=port, user=user, password=password, dbname="postgres",
+                             autocommit=True) as connection:
+            connection.execute(f"CREATE DATABASE {database}")
+        yield port, user, password, database
+    finally:
+        subprocess.run([*as_owner, pg_ctl, "-D", str(root / "data"), "-m", "fast", "-w", "stop"], check=False,
+                       capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(postgres, seaweedfs):
+    """`mlflow server` with the Deployment's command and env; yields (url, S3 credentials, endpoint)."""
+    pg_port, pg_user, pg_password, pg_db = postgres
+    _, stdout = seaweedfs
+    overrides, credentials = _printed(stdout)
+    endpoint = load_config(overrides=overrides).s3.endpoint_url
+    container = one("Deployment", "mlflow")["spec"]["template"]["spec"]["containers"][0]
+    configmap = one("ConfigMap", "mlflow-config")["data"]
+    secrets = {"mlflow-db": {"POSTGRES_USER": pg_user, "POSTGRES_PASSWORD": pg_password, "POSTGRES_DB": pg_db},
+               "geosurge-s3": credentials}
+    configmap = {**configmap, "MLFLOW_S3_ENDPOINT_URL": endpoint}  # the optional key, for a non-AWS S3
+    env: dict[str, str] = {}
+    for item in container["env"]:  # in order: $(VAR) sees only the variables defined above it
+        source = item.get("valueFrom", {})
+        if "value" in item:
+            env[item["name"]] = expand_k8s_vars(item["value"], env)
+        elif "secretKeyRef" in source:
+            env[item["name"]] = secrets[source["secretKeyRef"]["name"]][source["secretKeyRef"]["key"]]
+        else:
+            env[item["name"]] = configmap[source["configMapKeyRef"]["key"]]
+    # the postgres Service's DNS name and port stand for the local server
+    service = one("Service", "mlflow-postgres")
+    service_address = f"{service['metadata']['name']}:{service['spec']['ports'][0]['port']}"
+    assert f"@{service_address}/" in env["BACKEND_STORE_URI"]
+    env["BACKEND_STORE_URI"] = env["BACKEND_STORE_URI"].replace(service_address, f"127.0.0.1:{pg_port}")
+    command = [expand_k8s_vars(arg, env) for arg in container["command"]]
+    port = _free_port_pair()
+    command[command.index("--host") + 1] = "127.0.0.1"  # the pod binds 0.0.0.0; here, loopback only
+    command[command.index("--port") + 1] = str(port)
+    command[0] = str(Path(sys.executable).with_name("mlflow"))
+    log = tempfile.NamedTemporaryFile("w", prefix="mlflow-server-", suffix=".log", delete=False)  # noqa: SIM115
+    server = subprocess.Popen(command, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 300  # first start migrates the empty database (minutes on a busy machine)
+        while True:
+            try:
+                if requests.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert server.poll() is None and time.time() < deadline, Path(log.name).read_text()[-3000:]
+            time.sleep(0.5)
+        yield url, credentials, endpoint, command
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # the server and its uvicorn workers, only ours
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+        log.close()
+
+
+@pytest.mark.slow
+def test_mlflow_server_as_deployed_keeps_runs_and_registry_in_postgres_and_artifacts_in_s3(
+        mlflow_server, postgres, tmp_path, monkeypatch):
+    import mlflow
+    import psycopg
+    from mlflow import MlflowClient
+
+    from geosurge.pipeline import start_mlflow_run
+
+    url, credentials, endpoint, command = mlflow_server
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(name, raising=False)  # the client needs no S3 access: the server proxies artifacts
+    config = load_config(overrides=[f"tracking.tracking_uri={url}", f"output_dir={tmp_path}",
+                                    "tracking.experiment=infra-test", "run_name=infra-test"])
+    assert config.resolved_artifact_location is None  # the server's proxied default, as on the cluster
+    run = start_mlflow_run(config)  # the pipeline's own code path: params + config.yaml artifact
+    mlflow.log_metric("test_geoscore", 1234.5)
+    mlflow.end_run()
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:/")
+
+    client = MlflowClient(url)
+    client.create_registered_model("infra-test")
+    version = client.create_model_version("infra-test", f"{run.info.artifact_uri}/config.yaml", run.info.run_id)
+    client.set_registered_model_alias("infra-test", "challenger", version.version)
+    assert client.get_model_version_by_alias("infra-test", "challenger").run_id == run.info.run_id
+
+    # the run, the metric and the alias are rows in PostgreSQL ...
+    pg_port, pg_user, pg_password, pg_db = postgres
+    with psycopg.connect(host="127.0.0.1", port=pg_port, user=pg_user, password=pg_password, dbname=pg_db) as c:
+        cursor = c.cursor()
+        cursor.execute("SELECT count(*) FROM runs WHERE run_uuid = %s", (run.info.run_id,))
+        assert cursor.fetchone()[0] == 1
+        cursor.execute("SELECT value FROM metrics WHERE run_uuid = %s AND key = 'test_geoscore'", (run.info.run_id,))
+        assert cursor.fetchone()[0] == 1234.5
+        cursor.execute("SELECT version FROM registered_model_aliases WHERE alias = 'challenger'")
+        assert str(cursor.fetchone()[0]) == str(version.version)
+    # ... and config.yaml is an object under --artifacts-destination in the S3 bucket
+    destination = urlparse(flag_value(command, "--artifacts-destination"))
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                      aws_access_key_id=credentials["AWS_ACCESS_KEY_ID"],
+                      aws_secret_access_key=credentials["AWS_SECRET_ACCESS_KEY"])
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=destination.netloc,
+                                                 Prefix=destination.path.strip("/"))["Contents"]]
+    (config_key,) = [k for k in keys if run.info.run_id in k and k.endswith("/config.yaml")]
+    body = s3.get_object(Bucket=destination.netloc, Key=config_key)["Body"].read().decode()
+    assert "experiment: infra-test" in body
+
+
+@pytest.mark.slow
+def test_mlflow_server_accepts_the_host_the_ray_pods_use_and_rejects_others(mlflow_server, tmp_path):
+    url, *_ = mlflow_server
+    configmap = one("ConfigMap", "geosurge-config")["data"]
+    (tmp_path / "pipeline.yaml").write_text(configmap["pipeline.yaml"])
+    cluster_host = urlparse(load_config(str(tmp_path / "pipeline.yaml")).resolved_tracking_uri).netloc
+    api = f"{url}/api/2.0/mlflow/experiments/search?max_results=1"
+    assert requests.get(api, headers={"Host": cluster_host}, timeout=10).status_code == 200
+    assert requests.get(api, headers={"Host": "mlflow:5000"}, timeout=10).status_code == 200  # docker compose
+    assert requests.get(api, headers={"Host": "attacker.example:5000"}, timeout=10).status_code == 403

@@ -1,0 +1,34 @@
+"""The training tests' data: one small ingested GeoWorld (train / val / test shards) and its geocells."""
+
+from dataclasses import dataclass
+
+import pytest
+
+from geosurge.config import IngestConfig
+from geosurge.data.geoworld import GeoWorldConfig, generate_geoworld
+from geosurge.data.ingest import GROUND_TRUTH_SEGMENTER, ingest
+from geosurge.geo.geocells import GeocellHierarchy
+from geosurge.train.data import read_split, split_rows
+
+
+@dataclass
+class Shards:
+    uri: str
+    hierarchy: GeocellHierarchy
+    hierarchy_uri: str
+    rows: dict[str, int]
+
+
+@pytest.fixture(scope="session")
+def small_shards(ray_local, tmp_path_factory) -> Shards:
+    """200 GeoWorld images (about 160 train / 20 val / 20 test), 32 px, ground-truth 4×4 label maps."""
+    root = tmp_path_factory.mktemp("train_world")
+    manifest = generate_geoworld(GeoWorldConfig(num_images=200, image_size=48), str(root / "geoworld"), progress=False)
+    result = ingest(manifest, str(root / "ingest"),
+                    IngestConfig(image_size=32, label_grid=4, segmenter=GROUND_TRUTH_SEGMENTER))
+    coords = read_split(result.shards_uri, "train").select_columns(["lat", "lon"]).to_pandas()
+    hierarchy = GeocellHierarchy.build(coords.lat.to_numpy(), coords.lon.to_numpy(), (100, 40), 4)
+    hierarchy_uri = str(root / "geocells.parquet")
+    hierarchy.save(hierarchy_uri)
+    rows = {split: split_rows(result.shards_uri, split) for split in ("train", "val", "test")}
+    return Shards(result.shards_uri, hierarchy, hierarchy_uri, rows)
