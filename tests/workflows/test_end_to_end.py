@@ -29,6 +29,7 @@ SMALL_RUN = [
     "segmenter.epochs=2",  # ingest.segmenter=geoworld (the default): a SegFormer trained in the pipeline
 ]
 NEW_IMAGES = 60
+MODEL = "geosurge_e2e"
 
 
 @pytest.mark.slow
@@ -39,7 +40,9 @@ def test_pipeline_then_scheduled_retraining_on_new_imagery(s3, mlflow_server, ra
     bucket_root = f"s3://e2e-{time.time_ns()}/store"
     settings = [*SMALL_RUN, "run_name=e2e", f"output_dir={tmp_path / 'run'}", f"data_root={bucket_root}",
                 f"s3.endpoint_url={s3.endpoint_url}", f"s3.region={s3.region}",
-                f"tracking.tracking_uri={mlflow_server}"]
+                # the MLflow server is shared by the session: a model and experiment of this test's own
+                f"tracking.tracking_uri={mlflow_server}", f"tracking.registered_model={MODEL}",
+                f"tracking.experiment={MODEL}"]
     args = [arg for kv in settings for arg in ("--set", kv)]
     started = time.time()
 
@@ -52,7 +55,7 @@ def test_pipeline_then_scheduled_retraining_on_new_imagery(s3, mlflow_server, ra
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(mlflow_server)
-    assert client.get_model_version_by_alias("geosurge", "champion").version == "1"
+    assert client.get_model_version_by_alias(MODEL, "champion").version == "1"
 
     # New imagery lands in the bucket: its own ids, its own place in incoming/.
     generate_geoworld(GeoWorldConfig(num_images=NEW_IMAGES, image_size=48, seed=7, id_prefix="new1"),
@@ -68,14 +71,14 @@ def test_pipeline_then_scheduled_retraining_on_new_imagery(s3, mlflow_server, ra
     assert summary["parent_version"] == "1" and summary["new_version"] == "2"
     assert summary["new_rows_in"] == NEW_IMAGES
 
-    v2 = client.get_model_version("geosurge", "2")
+    v2 = client.get_model_version(MODEL, "2")
     assert v2.tags["retrain.parent_version"] == "1"
-    aliases = client.get_registered_model("geosurge").aliases
+    aliases = client.get_registered_model(MODEL).aliases
     assert aliases["challenger"] == "2"
     # the champion moved exactly when the eval job decided to promote, and the decision is on record
     expected_champion = "2" if summary["promoted"] else "1"
     assert aliases["champion"] == expected_champion
-    eval_runs = client.search_runs([client.get_experiment_by_name("geosurge").experiment_id],
+    eval_runs = client.search_runs([client.get_experiment_by_name(MODEL).experiment_id],
                                    filter_string="tags.`eval.challenger_version` = '2'")
     assert len(eval_runs) == 1
     assert eval_runs[0].data.tags["eval.decision"] == ("promote" if summary["promoted"] else "keep")
@@ -91,7 +94,7 @@ def test_pipeline_then_scheduled_retraining_on_new_imagery(s3, mlflow_server, ra
     code, log = submit_job(address, env, "workflows/retrain.py", args, job_env)
     assert code == 0, log[-4000:]
     assert "nothing to do" in log
-    assert len(client.search_model_versions("name='geosurge'")) == 2
+    assert len(client.search_model_versions(f"name='{MODEL}'")) == 2
 
     # Another run holds the lock: this one must not proceed.
     generate_geoworld(GeoWorldConfig(num_images=20, image_size=48, seed=8, id_prefix="new2"),
@@ -99,7 +102,7 @@ def test_pipeline_then_scheduled_retraining_on_new_imagery(s3, mlflow_server, ra
     with BucketLock(f"{bucket_root}/retrain/lock.json", ttl_s=600, s3=s3):
         code, log = submit_job(address, env, "workflows/retrain.py", args, job_env)
     assert code != 0 and "another retraining run is in progress" in log, log[-3000:]
-    assert len(client.search_model_versions("name='geosurge'")) == 2
+    assert len(client.search_model_versions(f"name='{MODEL}'")) == 2
 
     print(f"\nend to end: full pipeline job {pipeline_s:.0f} s, retrain job {retrain_s:.0f} s, "
           f"whole test {time.time() - started:.0f} s; aliases {dict(aliases)}")
