@@ -118,8 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = str(Path(config.output_dir, "segmenter", keys["segmenter"]).absolute())
         seg_config = dataclasses.replace(config.segmenter, image_size=config.ingest.image_size,
                                          label_grid=config.ingest.label_grid)
-        result = train_geoworld_segmenter(manifest_uri, folder, seg_config, s3)
-        print(result.summary())
+        result = train_geoworld_segmenter(manifest_uri, folder, seg_config, s3)  # prints its progress and summary
         mlflow.log_dict(result.to_dict(), "segmenter_metrics.json")
         mlflow.log_metrics({"segmenter_val_miou": result.val.miou, "segmenter_val_pixel_accuracy": result.val.pixel_accuracy,
                             "segmenter_val_grid_accuracy": result.val.grid_accuracy})
