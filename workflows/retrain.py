@@ -81,7 +81,11 @@ def retrain(config: PipelineConfig, incoming: str, state: str) -> int:
     name = config.tracking.registered_model
     champion_uri = f"models:/{name}@{config.eval.champion_alias}"
     t = step(f"1/5 load the champion {champion_uri}")
-    champion_version = mlflow.MlflowClient().get_model_version_by_alias(name, config.eval.champion_alias).version
+    try:
+        champion_version = mlflow.MlflowClient().get_model_version_by_alias(name, config.eval.champion_alias).version
+    except mlflow.exceptions.MlflowException as e:
+        raise SystemExit(f"retrain: no {champion_uri} in {config.resolved_tracking_uri} to fine-tune from: run "
+                         f"workflows/full_pipeline.py first (its eval step names the first champion). ({e.message})")
     champion = load_locator(f"models:/{name}/{champion_version}")
     # The model, its input size and the geocells stay the champion's, so versions stay comparable.
     config = dataclasses.replace(

@@ -98,12 +98,9 @@ def world_map(
         ax.legend(loc="lower left", fontsize=8, framealpha=0.8)
         if title:
             ax.set_title(title)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, format="png", bbox_inches="tight")
+        return _save_png(fig, path)
     finally:
         plt.close(fig)
-    return path
 
 
 def accuracy_curve(path: str | Path, errors_km, thresholds_km=None, title: str = "") -> Path:
@@ -152,9 +149,13 @@ def accuracy_curve(path: str | Path, errors_km, thresholds_km=None, title: str =
         ax.set_title(title or "accuracy against distance")
         ax.grid(axis="y", color="0.92")
         ax.legend(loc="upper left", fontsize=8)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, format="png", bbox_inches="tight")
+        return _save_png(fig, path)
     finally:
         plt.close(fig)
+
+
+def _save_png(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", bbox_inches="tight")
     return path

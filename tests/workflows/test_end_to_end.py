@@ -10,21 +10,14 @@ import json
 import time
 
 import pytest
+from workflow_helpers import SMALL_RUN
 
 from geosurge.data import storage
 from geosurge.data.geoworld import GeoWorldConfig, generate_geoworld
 from geosurge.retraining import BucketLock
 
-SMALL_RUN = [
-    "geoworld.num_images=240",
-    "geoworld.image_size=48",
-    "ingest.image_size=32",
-    "ingest.label_grid=4",
-    "model.backbone_kwargs={img_size: 32, patch_size: 8, depth: 2}",
-    "geocells.tau_max=[150, 60, 25]",
-    "geocells.tau_min=4",
-    "train.epochs=2",
-    "train.batch_size=16",
+E2E_RUN = [
+    *SMALL_RUN,
     "retrain.epochs=1",
     "segmenter.epochs=2",  # ingest.segmenter=geoworld (the default): a SegFormer trained in the pipeline
 ]
@@ -38,7 +31,7 @@ def test_pipeline_then_scheduled_retraining_on_new_imagery(s3, mlflow_server, ra
     # S3 credentials reach the jobs through the standard AWS environment, never through the config
     job_env = {"AWS_ACCESS_KEY_ID": s3.access_key_id, "AWS_SECRET_ACCESS_KEY": s3.secret_access_key}
     bucket_root = f"s3://e2e-{time.time_ns()}/store"
-    settings = [*SMALL_RUN, "run_name=e2e", f"output_dir={tmp_path / 'run'}", f"data_root={bucket_root}",
+    settings = [*E2E_RUN, "run_name=e2e", f"output_dir={tmp_path / 'run'}", f"data_root={bucket_root}",
                 f"s3.endpoint_url={s3.endpoint_url}", f"s3.region={s3.region}",
                 # the MLflow server is shared by the session: a model and experiment of this test's own
                 f"tracking.tracking_uri={mlflow_server}", f"tracking.registered_model={MODEL}",

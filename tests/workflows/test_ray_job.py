@@ -1,19 +1,12 @@
 """The whole pipeline submitted as a Ray job to a real local Ray head, then consumed from the MLflow registry."""
 
 import pytest
+from workflow_helpers import SMALL_RUN
 
-SMALL_RUN = [
+JOB_RUN = [
+    *SMALL_RUN,
     "run_name=jobtest",
     "ingest.segmenter=random",  # the random-init path; test_end_to_end trains the GeoWorld segmenter
-    "geoworld.num_images=240",
-    "geoworld.image_size=48",
-    "ingest.image_size=32",
-    "ingest.label_grid=4",
-    "model.backbone_kwargs={img_size: 32, patch_size: 8, depth: 2}",
-    "geocells.tau_max=[150, 60, 25]",
-    "geocells.tau_min=4",
-    "train.epochs=2",
-    "train.batch_size=16",
 ]
 
 
@@ -21,7 +14,7 @@ SMALL_RUN = [
 def test_full_pipeline_as_ray_job_registers_a_model_consumers_can_load(ray_head, submit_job, tmp_path):
     address, env = ray_head
     run_dir = tmp_path / "run"
-    overrides = [arg for kv in SMALL_RUN + [f"output_dir={run_dir}"] for arg in ("--set", kv)]
+    overrides = [arg for kv in JOB_RUN + [f"output_dir={run_dir}"] for arg in ("--set", kv)]
     returncode, log = submit_job(address, env, "workflows/full_pipeline.py", overrides)
     assert returncode == 0, log[-6000:]
     assert "succeeded" in log.lower(), log[-3000:]
