@@ -146,6 +146,8 @@ class GeoLocator:
         model = create_model(config.model, hierarchy)
         model.load_state_dict(torch.load(root / "model.pt", map_location="cpu", weights_only=True))
         segmenter = Segmenter(str(root / "segmenter"), config.ingest.label_grid)
+        # a saved random-init segmenter loads as an ordinary folder: keep what write_bundle recorded about it
+        segmenter.is_random = json.loads((root / "segmenter" / "geosurge.json").read_text())["random_init"]
         return cls(model, segmenter, config, hierarchy)
 
     @torch.no_grad()

@@ -27,7 +27,6 @@ import torch
 from geosurge.config import PipelineConfig, load_config
 from geosurge.data import storage
 from geosurge.data.ingest import ingest
-from geosurge.data.segment import Segmenter
 from geosurge.eval.job import run_eval_job
 from geosurge.pipeline import init_ray, start_mlflow_run
 from geosurge.registry import load_locator, log_and_register
@@ -113,7 +112,7 @@ def retrain(config: PipelineConfig, incoming: str, state: str) -> int:
     mlflow.set_tags({"geosurge.job": "retrain", "retrain.parent_version": str(champion_version),
                      "retrain.manifests": json.dumps([m.uri for m in new])[:5000]})
 
-    t = step("2/5 ingest only the new imagery (Ray Data)")
+    step("2/5 ingest only the new imagery (Ray Data)")
     ingest_uri = storage.join(root, "ingest")
     rows_in = shard_rows = 0
     for manifest in new:
@@ -127,14 +126,13 @@ def retrain(config: PipelineConfig, incoming: str, state: str) -> int:
     state_dict = consolidated_state_dict(trained.checkpoint_path)
     print(f"checkpoint: {trained.checkpoint_path} ({time.time() - t:.1f} s)")
 
-    t = step("4/5 register the fine-tuned model as the challenger")
-    segmenter = Segmenter(config.ingest.segmenter, config.ingest.label_grid)
+    step("4/5 register the fine-tuned model as the challenger")
     example_image = read_split(shards_uri, "train", s3).take(1)[0]["image"]
-    model_uri, version = log_and_register(state_dict, config, hierarchy, segmenter, example_image)
+    model_uri, version = log_and_register(state_dict, config, hierarchy, champion.segmenter, example_image)
     mlflow.MlflowClient().set_model_version_tag(name, version, "retrain.parent_version", str(champion_version))
     print(f"registered {name} version {version} as {model_uri}")
 
-    t = step("5/5 evaluate challenger vs champion on the fixed benchmarks; promote only if better")
+    step("5/5 evaluate challenger vs champion on the fixed benchmarks; promote only if better")
     outcome = run_eval_job(config, f"models:/{name}/{version}")
     print(outcome.table())
     print(f"decision: {outcome.decision.action if outcome.decision else 'none'} — "
