@@ -18,16 +18,17 @@ import sys
 import time
 from pathlib import Path
 
+from geosurge import storage
 from geosurge.config import load_config
-from geosurge.data import storage
 from geosurge.data.geoworld import generate_geoworld
-from geosurge.data.ingest import GROUND_TRUTH_SEGMENTER, ingest
+from geosurge.data.ingest import ingest
+from geosurge.data.shards import read_split
 from geosurge.eval.evaluate import baseline_metrics, evaluate_split
 from geosurge.geo.geocells import GeocellHierarchy
 from geosurge.geo.metrics import format_metrics_table
 from geosurge.models import create_model
-from geosurge.pipeline import init_ray
-from geosurge.train.data import read_split
+from geosurge.runtime import init_ray
+from geosurge.segmentation import GROUND_TRUTH_SEGMENTER
 from geosurge.train.trainer import consolidated_state_dict, train
 
 # name → (config overrides, which hierarchy). Every variant shares data, epochs, batch size and lr.

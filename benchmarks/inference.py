@@ -92,8 +92,8 @@ def latency(args: argparse.Namespace) -> None:
 
 @torch.no_grad()
 def agreement(args: argparse.Namespace) -> None:
+    from geosurge.data.shards import read_split, to_model_batch
     from geosurge.models import create_model
-    from geosurge.train.data import read_split, to_model_batch
     from geosurge.train.trainer import consolidated_state_dict
 
     table = Path(args.table)

@@ -36,11 +36,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from geosurge.config import IngestConfig
-from geosurge.data import storage
-from geosurge.data.geoworld import GeoWorldConfig, generate_geoworld
+from geosurge import storage
+from geosurge.config import GeoWorldConfig, IngestConfig
+from geosurge.data.geoworld import generate_geoworld
 from geosurge.data.images import ImageSpec, decode_image
-from geosurge.data.ingest import GROUND_TRUTH_SEGMENTER, NO_SEGMENTER
+from geosurge.segmentation import GROUND_TRUTH_SEGMENTER, NO_SEGMENTER
 
 TARGET_DECODE_RATIO = 0.7
 TARGET_RSS_RATIO = 1.25
@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     if "d" not in args.skip:
         folder = args.segmenter
         if not folder:
-            from geosurge.data.segmenter_training import (
+            from geosurge.train.segmenter import (
                 SegmenterTrainConfig,
                 train_geoworld_segmenter,
             )

@@ -40,14 +40,16 @@ import psutil
 import torch
 from mlflow.tracking import MlflowClient
 
+from geosurge import storage
 from geosurge.config import load_config
-from geosurge.data import storage
 from geosurge.data.geoworld import generate_geoworld
-from geosurge.data.ingest import GROUND_TRUTH_SEGMENTER, ingest
+from geosurge.data.ingest import ingest
+from geosurge.data.shards import read_split, split_rows, to_model_batch
 from geosurge.geo.geocells import GeocellHierarchy
 from geosurge.models import create_model
-from geosurge.pipeline import init_ray, start_mlflow_run
-from geosurge.train.data import read_split, split_rows, to_model_batch
+from geosurge.runtime import init_ray
+from geosurge.segmentation import GROUND_TRUTH_SEGMENTER
+from geosurge.tracking.runs import start_mlflow_run
 from geosurge.train.trainer import train
 
 TARGET_PER_CORE_RATIO = 0.85

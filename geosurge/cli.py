@@ -6,8 +6,9 @@ import argparse
 import dataclasses
 import sys
 
-from geosurge.data.geoworld import GeoWorldConfig, generate_geoworld
-from geosurge.data.storage import S3Config
+from geosurge.config import GeoWorldConfig
+from geosurge.data.geoworld import generate_geoworld
+from geosurge.storage import S3Config
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -25,10 +26,7 @@ def _synth(args: argparse.Namespace) -> int:
 
 def _train_segmenter(args: argparse.Namespace) -> int:
     # imported here: torch and transformers are heavy, and the other commands do not need them
-    from geosurge.data.segmenter_training import (
-        SegmenterTrainConfig,
-        train_geoworld_segmenter,
-    )
+    from geosurge.train.segmenter import SegmenterTrainConfig, train_geoworld_segmenter
 
     overrides = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "image_size", "max_train_images",
                                                "seed", "num_threads") if getattr(args, k) is not None}

@@ -18,9 +18,65 @@ from typing import Any
 
 import yaml
 
-from geosurge.data.geoworld import GeoWorldConfig
-from geosurge.data.storage import S3Config
-from geosurge.geo.geocells import GeocellConfig
+MAX_H3_RESOLUTION = 15  # H3's finest resolution
+
+
+@dataclass
+class S3Config:
+    """Where S3 lives. Empty fields fall back to the standard AWS chain (env vars, ~/.aws, instance role)."""
+
+    endpoint_url: str | None = None  # e.g. http://127.0.0.1:8333 for SeaweedFS/MinIO; None for AWS
+    region: str | None = None
+    access_key_id: str | None = None  # prefer the AWS chain; kept here for local test servers
+    secret_access_key: str | None = None
+
+    def __repr__(self) -> str:  # keep secrets out of logs and MLflow params
+        return f"S3Config(endpoint_url={self.endpoint_url!r}, region={self.region!r}, credentials=<hidden>)"
+
+
+@dataclass
+class GeoWorldConfig:
+    """What to generate (geosurge.data.geoworld). The same config always yields byte-identical output."""
+
+    num_images: int = 2000
+    image_size: int = 128
+    seed: int = 0
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train / val / test
+    landmark_share: float = 0.15
+    num_landmarks: int = 200
+    jpeg_quality: int = 90
+    id_prefix: str = "gw"  # image ids are <prefix>_<index>: give a later batch of new imagery its own
+
+
+@dataclass(frozen=True)
+class GeocellConfig:
+    """Geocell build parameters (geosurge.geo.geocells): one level per `tau_max` entry (strictly decreasing),
+    drop below `tau_min`."""
+
+    tau_max: tuple[int, ...]
+    tau_min: int
+    max_resolution: int = 12
+
+    def __post_init__(self) -> None:
+        tau_max = tuple(int(t) for t in self.tau_max)
+        object.__setattr__(self, "tau_max", tau_max)
+        if not tau_max:
+            raise ValueError("tau_max needs at least one entry (one per level)")
+        if min(tau_max) < 1:
+            raise ValueError(f"tau_max entries must be positive, got {tau_max}")
+        if any(b >= a for a, b in zip(tau_max, tau_max[1:])):
+            raise ValueError(f"tau_max must be strictly decreasing (coarsest level first), got {tau_max}")
+        if int(self.tau_min) < 0:
+            raise ValueError(f"tau_min must be >= 0, got {self.tau_min}")
+        if int(self.tau_min) >= tau_max[-1]:
+            raise ValueError(f"tau_min ({self.tau_min}) must be smaller than the smallest tau_max ({tau_max[-1]})")
+        if not 0 <= int(self.max_resolution) <= MAX_H3_RESOLUTION:
+            raise ValueError(f"max_resolution must be in [0, {MAX_H3_RESOLUTION}], got {self.max_resolution}")
+        object.__setattr__(self, "tau_min", int(self.tau_min))
+        object.__setattr__(self, "max_resolution", int(self.max_resolution))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tau_max": list(self.tau_max), "tau_min": self.tau_min, "max_resolution": self.max_resolution}
 
 
 @dataclass
@@ -64,7 +120,7 @@ class IngestConfig:
 @dataclass
 class SegmenterTrainConfig:
     """The offline segmenter `ingest.segmenter=geoworld` trains on GeoWorld's ground-truth label maps
-    (geosurge.data.segmenter_training). What to train and how. Defaults: MiT-b0 at the ingest image size, ~2-3 minutes on 2 CPU cores for
+    (geosurge.train.segmenter). What to train and how. Defaults: MiT-b0 at the ingest image size, ~2-3 minutes on 2 CPU cores for
     ~3,000 training images."""
 
     image_size: int = IngestConfig.image_size  # train and evaluate at the size the ingest stage segments

@@ -40,7 +40,7 @@ class SeaweedServer:
     the fault tests to take S3 away mid-run)."""
 
     def __init__(self, root: Path):
-        from geosurge.data.storage import S3Config
+        from geosurge.storage import S3Config
 
         self.weed = shutil.which("weed") or str(Path(sys.executable).with_name("weed"))
         if not Path(self.weed).exists():
@@ -59,7 +59,7 @@ class SeaweedServer:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = 60) -> "SeaweedServer":
-        from geosurge.data.storage import read_bytes, write_bytes
+        from geosurge.storage import read_bytes, write_bytes
 
         self._log = (self.root / "weed.out").open("a")
         self.proc = subprocess.Popen(

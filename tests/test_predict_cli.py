@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from registry_helpers import photo_bytes, register_tiny, tiny_config, tracking_uri
+
+from tests.tracking.registry_helpers import (
+    photo_bytes,
+    register_tiny,
+    tiny_config,
+    tracking_uri,
+)
 
 GEOSURGE = str(Path(sys.executable).with_name("geosurge"))
 ROW = re.compile(r"^\s+(\d+)\s+(-?\d+\.\d{4})\s+(-?\d+\.\d{4})\s+(\S+)\s+(.+), ([A-Z]{2}) \((\d+) km away\)$")

@@ -17,7 +17,7 @@ import sys
 
 from geosurge.config import PipelineConfig, load_config
 from geosurge.eval.job import outcome_json, run_eval_job
-from geosurge.pipeline import init_ray
+from geosurge.runtime import init_ray
 
 
 def main(argv: list[str] | None = None) -> int:

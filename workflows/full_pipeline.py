@@ -23,22 +23,28 @@ from pathlib import Path
 
 import mlflow
 
+from geosurge import storage
 from geosurge.config import PipelineConfig, load_config
-from geosurge.data import storage
 from geosurge.data.geoworld import generate_geoworld
-from geosurge.data.ingest import GROUND_TRUTH_SEGMENTER, ingest
+from geosurge.data.ingest import ingest
 from geosurge.data.manifest import manifest_coordinates
-from geosurge.data.segment import GEOWORLD_SEGMENTER, RANDOM_SEGMENTER, Segmenter
-from geosurge.data.segmenter_training import train_geoworld_segmenter
+from geosurge.data.shards import read_split
 from geosurge.eval.evaluate import baseline_metrics, evaluate_split
 from geosurge.eval.job import run_eval_job
 from geosurge.geo.geocells import GeocellHierarchy
 from geosurge.geo.metrics import format_metrics_table
 from geosurge.models import create_model
-from geosurge.pipeline import init_ray, start_mlflow_run
-from geosurge.registry import log_and_register
-from geosurge.stages import StageLedger, StageRecord, stage_key
-from geosurge.train.data import read_split
+from geosurge.orchestration.ledger import StageLedger, StageRecord, stage_key
+from geosurge.runtime import init_ray
+from geosurge.segmentation import GROUND_TRUTH_SEGMENTER
+from geosurge.segmentation.segmenter import (
+    GEOWORLD_SEGMENTER,
+    RANDOM_SEGMENTER,
+    Segmenter,
+)
+from geosurge.tracking.registry import log_and_register
+from geosurge.tracking.runs import start_mlflow_run
+from geosurge.train.segmenter import train_geoworld_segmenter
 from geosurge.train.trainer import consolidated_state_dict, train
 
 STAGES = ["geoworld", "segmenter", "geocells", "ingest", "train", "register", "evaluate"]

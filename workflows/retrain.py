@@ -24,14 +24,20 @@ import time
 import mlflow
 import torch
 
+from geosurge import storage
 from geosurge.config import PipelineConfig, load_config
-from geosurge.data import storage
 from geosurge.data.ingest import ingest
+from geosurge.data.shards import read_split
 from geosurge.eval.job import run_eval_job
-from geosurge.pipeline import init_ray, start_mlflow_run
-from geosurge.registry import load_locator, log_and_register
-from geosurge.retraining import BucketLock, LockHeld, Watermark, find_new_manifests
-from geosurge.train.data import read_split
+from geosurge.orchestration.retraining import (
+    BucketLock,
+    LockHeld,
+    Watermark,
+    find_new_manifests,
+)
+from geosurge.runtime import init_ray
+from geosurge.tracking.registry import load_locator, log_and_register
+from geosurge.tracking.runs import start_mlflow_run
 from geosurge.train.trainer import consolidated_state_dict, train
 
 EXIT_LOCKED = 75  # EX_TEMPFAIL: try again later

@@ -31,19 +31,19 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image
 
-from geosurge.data.ade20k import ADE20K_ID
+from geosurge.config import GeoWorldConfig
 from geosurge.data.gps_gallery import GEOCLIP_GALLERY, load_gps_gallery
-from geosurge.data.storage import S3Config, join, write_bytes
 from geosurge.geo.distance import EARTH_RADIUS_KM, haversine_km, latlon_to_unit_xyz
+from geosurge.segmentation.ade20k import ADE20K_ID
+from geosurge.storage import S3Config, join, write_bytes, write_parquet
 
 BIG_CITY_MIN_POPULATION = 300_000  # ~2,000 cities worldwide: the "city" level of the hierarchy
 CITY_RADIUS_KM = 25.0
@@ -70,19 +70,6 @@ MANIFEST_COLUMNS = ["image_id", "uri", "label_uri", "lat", "lon", "split", "coun
 MANIFEST_ARROW_SCHEMA = pa.schema([pa.field(c, pa.float64() if c in ("lat", "lon") else pa.int64() if c == "landmark_id"
                                             else pa.string(), nullable=False) for c in MANIFEST_COLUMNS])
 
-
-@dataclass
-class GeoWorldConfig:
-    """What to generate. The same config always yields byte-identical output."""
-
-    num_images: int = 2000
-    image_size: int = 128
-    seed: int = 0
-    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train / val / test
-    landmark_share: float = 0.15
-    num_landmarks: int = 200
-    jpeg_quality: int = 90
-    id_prefix: str = "gw"  # image ids are <prefix>_<index>: give a later batch of new imagery its own
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -920,10 +907,8 @@ def build_manifest(locations: pd.DataFrame, scenes: list[str], root: str) -> pd.
 def write_manifest(manifest: pd.DataFrame, root: str, s3: S3Config | None = None) -> str:
     """Write `root/manifest.parquet`; returns its URI."""
     uri = join(_normalise_root(root), "manifest.parquet")
-    sink = pa.BufferOutputStream()
     table = pa.Table.from_pandas(manifest[MANIFEST_COLUMNS], schema=MANIFEST_ARROW_SCHEMA, preserve_index=False)
-    pq.write_table(table, sink)
-    write_bytes(uri, sink.getvalue().to_pybytes(), s3)
+    write_parquet(table, uri, s3)
     return uri
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from geosurge.data import storage
+from geosurge import storage
 
 GEOCLIP_GALLERY = "geoclip"
 

@@ -53,8 +53,8 @@ import pyarrow.parquet as pq
 import ray
 from ray.data import ActorPoolStrategy
 
+from geosurge import storage
 from geosurge.config import IngestConfig
-from geosurge.data import storage
 from geosurge.data.images import (
     ImageRejected,
     ImageSpec,
@@ -64,6 +64,8 @@ from geosurge.data.images import (
     encode_jpeg,
 )
 from geosurge.data.manifest import (
+    DECODE_STAGE,
+    FETCH_STAGE,
     QUARANTINE_SCHEMA,
     batch_warnings,
     is_parquet_name,
@@ -76,19 +78,17 @@ from geosurge.data.manifest import (
     resolve_manifest_format,
     validate_rows,
 )
-from geosurge.data.segment import GEOWORLD_SEGMENTER, RANDOM_SEGMENTER, Segmenter
 from geosurge.geo.geocells import GeocellHierarchy
+from geosurge.segmentation.segmenter import (
+    GEOWORLD_SEGMENTER,
+    GROUND_TRUTH_SEGMENTER,
+    NO_SEGMENTER,
+    RANDOM_SEGMENTER,
+    Segmenter,
+)
 
 log = logging.getLogger(__name__)
 
-DECODE_STAGE = "decode"
-FETCH_STAGE = "fetch"
-# An oracle segmenter for benchmarks and ablations: the manifest's own label maps (`label_uri`, as GeoWorld
-# writes them) instead of a model's predictions. A model trained on it has no segmenter to serve with.
-GROUND_TRUTH_SEGMENTER = "ground_truth"
-# No segmentation: shards without label maps. For models that use none (GeoCLIP) and for measuring the rest
-# of the stage on its own (benchmarks/ingest.py).
-NO_SEGMENTER = "none"
 STATUS_COLUMNS = ["stage", "reason", "detail"]
 # Bookkeeping columns that travel with rows through the stage and never reach a shard.
 CHUNK, ROW, ORDER, RETRIES = "_chunk", "_row", "_order", "_retries"
@@ -232,7 +232,7 @@ def _stage_file(uri: str, file_index: int, staging_uri: str, shard_rows: int, bu
             batch = (batch.append_column(CHUNK, pa.array([name] * n, pa.string()))
                      .append_column(ROW, pa.array(rows))
                      .append_column(ORDER, pa.array((np.int64(file_index) << _ORDER_BITS) + offset + rows)))
-            storage.write_parquet_atomic(batch, storage.join(staging_uri, "chunks", f"{name}.parquet"), s3, policy)
+            storage.write_parquet(batch, storage.join(staging_uri, "chunks", f"{name}.parquet"), s3, policy)
             valid = batch.filter(pa.array(manifest_row_ok(batch))).select(id_schema.names).cast(id_schema)
             if valid.num_rows:
                 held_ids.append(valid)
@@ -488,12 +488,12 @@ def write_chunk_parts(batch: pa.Table, shards_uri: str, quarantine_uri: str, s3:
                 cells = hierarchy.assign(ok.column("lat").to_numpy(), ok.column("lon").to_numpy())
                 offsets = pa.array(np.arange(0, cells.size + 1, cells.shape[1], dtype=np.int32))
                 ok = ok.append_column("cells", pa.ListArray.from_arrays(offsets, pa.array(cells.ravel(), pa.int64())))
-            retries += storage.write_parquet_atomic(ok, storage.join(shards_uri, part), s3, policy)
+            retries += storage.write_parquet(ok, storage.join(shards_uri, part), s3, policy)
         bad = rows.filter(failed)
         reasons: dict[str, int] = {}
         if bad.num_rows:
             bad = bad.select(QUARANTINE_SCHEMA.names).cast(QUARANTINE_SCHEMA)
-            retries += storage.write_parquet_atomic(bad, storage.join(quarantine_uri, part), s3, policy)
+            retries += storage.write_parquet(bad, storage.join(quarantine_uri, part), s3, policy)
             reasons = dict(zip(*np.unique(bad.column("reason").to_numpy(zero_copy_only=False), return_counts=True)))
         summary.append({"chunk": name, "rows": rows.num_rows, "shard_rows": ok.num_rows, "retries": retries,
                         "reasons": json.dumps({str(k): int(v) for k, v in reasons.items()})})

@@ -7,7 +7,7 @@ Validation never drops a record silently: every input row ends up either in the 
 quarantine table (`QUARANTINE_SCHEMA`) with a reason code and a human-readable detail, and
 `ManifestReport.reconciles` checks that the counts add up.
 
-Readers (all go through `geosurge.data.storage.resolve`, so local paths, file:// and s3:// all work):
+Readers (all go through `geosurge.storage.resolve`, so local paths, file:// and s3:// all work):
 
 * our own format: Parquet or CSV with the schema's column names (`read_geosurge`);
 * MP-16 `mp16_places365.csv` (`read_mp16`): `IMG_ID` is a relative path such as `34/8d/9055806529.jpg`;
@@ -41,7 +41,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from geosurge.data.storage import S3Config, is_s3, join, resolve
+from geosurge.storage import S3Config, is_s3, join, resolve, write_parquet
 
 # --------------------------------------------------------------------------------------------- schemas
 
@@ -74,7 +74,10 @@ QUARANTINE_SCHEMA = pa.schema(
     ]
 )
 
+# The stages a record can be quarantined at (the `stage` column), in pipeline order.
 STAGE = "manifest"
+FETCH_STAGE = "fetch"
+DECODE_STAGE = "decode"
 BAD_COORDINATES = "bad_coordinates"
 DUPLICATE_ID = "duplicate_id"
 MISSING_ID = "missing_id"
@@ -707,19 +710,11 @@ def read_manifest(
 # --------------------------------------------------------------------------------------------- writing
 
 
-def _write_parquet(table: pa.Table, uri: str, s3: S3Config | None) -> None:
-    fs, path = resolve(uri, s3)
-    parent = posixpath.dirname(path) if is_s3(uri) else os.path.dirname(path)
-    if parent:
-        fs.create_dir(parent, recursive=True)
-    pq.write_table(table, path, filesystem=fs)
-
-
 def write_manifest(table: pa.Table, uri: str, s3: S3Config | None = None) -> None:
     """Write a (validated) manifest as Parquet in MANIFEST_SCHEMA, extra columns after the core ones."""
     _require_columns(table.column_names, REQUIRED_COLUMNS, "manifest")
     out = _with_warnings(_conform(table, {}), [])
-    _write_parquet(out.cast(_strict_schema(out.schema)), uri, s3)
+    write_parquet(out.cast(_strict_schema(out.schema)), uri, s3)
 
 
 def write_quarantine(table: pa.Table, uri: str, s3: S3Config | None = None) -> None:
@@ -729,7 +724,7 @@ def write_quarantine(table: pa.Table, uri: str, s3: S3Config | None = None) -> N
     cols.update({c: table.column(c) for c in table.column_names if c not in cols})
     schema = pa.schema([*QUARANTINE_SCHEMA, *(table.schema.field(c) for c in table.column_names
                                               if c not in QUARANTINE_SCHEMA.names)])
-    _write_parquet(pa.table(cols).cast(schema), uri, s3)
+    write_parquet(pa.table(cols).cast(schema), uri, s3)
 
 
 # --------------------------------------------------------------------------------------------- streaming

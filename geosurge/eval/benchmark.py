@@ -20,10 +20,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from geosurge import storage
 from geosurge.config import BenchmarkConfig, PipelineConfig
-from geosurge.data import storage
 from geosurge.data.images import ImageRejected, decode_image
 from geosurge.data.manifest import (
+    DECODE_STAGE,
+    FETCH_STAGE,
     FORMATS,
     QUARANTINE_SCHEMA,
     read_manifest,
@@ -32,8 +34,6 @@ from geosurge.data.manifest import (
 from geosurge.geo.distance import haversine_km
 from geosurge.geo.metrics import geolocation_metrics
 
-FETCH_STAGE = "fetch"
-DECODE_STAGE = "decode"
 PREDICTION_COLUMNS = ["benchmark", "image_id", "uri", "lat", "lon", "pred_lat", "pred_lon", "score", "pred_cell",
                       "error_km"]
 FAILURE_COLUMNS = ["benchmark", *QUARANTINE_SCHEMA.names]  # image_id, uri, lat, lon, stage, reason, detail
@@ -150,7 +150,7 @@ class Predictor:
     that could not be read (its prediction columns are null)."""
 
     def __init__(self, model_uri: str, tracking_uri: str, s3: storage.S3Config | None = None):
-        from geosurge.registry import load_locator
+        from geosurge.tracking.registry import load_locator
 
         self.locator = load_locator(model_uri, tracking_uri)
         self.s3 = s3

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from geosurge.data import storage
+from geosurge import storage
+from geosurge.data.shards import read_split, to_model_batch
 from geosurge.geo.metrics import geolocation_metrics
-from geosurge.train.data import read_split, to_model_batch
 
 
 @torch.no_grad()

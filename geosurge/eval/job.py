@@ -20,7 +20,7 @@ from geosurge.eval.benchmark import (
 )
 from geosurge.eval.promotion import PromotionDecision, decide_promotion, promote
 from geosurge.geo.metrics import format_metrics_table
-from geosurge.pipeline import start_mlflow_run
+from geosurge.tracking.runs import start_mlflow_run
 
 CHALLENGER, CHAMPION = "challenger", "champion"
 

@@ -17,9 +17,7 @@ sorted array, and the per-level splitting is a few vectorised passes over points
 from __future__ import annotations
 
 import json
-import posixpath
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,8 +27,10 @@ import pyarrow.parquet as pq
 from h3.api import basic_int as h3_int
 from scipy.spatial import cKDTree
 
-from geosurge.data.storage import S3Config, resolve
+from geosurge.config import MAX_H3_RESOLUTION as _MAX_H3_RES
+from geosurge.config import GeocellConfig
 from geosurge.geo.distance import latlon_to_unit_xyz, unit_xyz_to_latlon
+from geosurge.storage import S3Config, resolve, write_parquet
 
 __all__ = ["GeocellConfig", "GeocellHierarchy", "h3_cell_to_parent", "h3_resolution", "latlng_to_h3"]
 
@@ -38,7 +38,6 @@ __all__ = ["GeocellConfig", "GeocellHierarchy", "h3_cell_to_parent", "h3_resolut
 # digits finer than the cell's resolution are all 0b111.
 _RES_SHIFT = np.uint64(52)
 _RES_MASK = np.uint64(0xF) << _RES_SHIFT
-_MAX_H3_RES = 15
 _METADATA_KEY = b"geosurge.geocells"
 _FORMAT_VERSION = 1
 _LEVEL_COLUMNS = ("cell", "h3", "resolution", "lat", "lon", "count", "parent")
@@ -103,35 +102,6 @@ def _run_starts(keys: np.ndarray) -> np.ndarray:
     np.not_equal(keys[1:], keys[:-1], out=change[1:])
     return np.flatnonzero(change)
 
-
-@dataclass(frozen=True)
-class GeocellConfig:
-    """Build parameters: one level per `tau_max` entry (strictly decreasing), drop below `tau_min`."""
-
-    tau_max: tuple[int, ...]
-    tau_min: int
-    max_resolution: int = 12
-
-    def __post_init__(self) -> None:
-        tau_max = tuple(int(t) for t in self.tau_max)
-        object.__setattr__(self, "tau_max", tau_max)
-        if not tau_max:
-            raise ValueError("tau_max needs at least one entry (one per level)")
-        if min(tau_max) < 1:
-            raise ValueError(f"tau_max entries must be positive, got {tau_max}")
-        if any(b >= a for a, b in zip(tau_max, tau_max[1:])):
-            raise ValueError(f"tau_max must be strictly decreasing (coarsest level first), got {tau_max}")
-        if int(self.tau_min) < 0:
-            raise ValueError(f"tau_min must be >= 0, got {self.tau_min}")
-        if int(self.tau_min) >= tau_max[-1]:
-            raise ValueError(f"tau_min ({self.tau_min}) must be smaller than the smallest tau_max ({tau_max[-1]})")
-        if not 0 <= int(self.max_resolution) <= _MAX_H3_RES:
-            raise ValueError(f"max_resolution must be in [0, {_MAX_H3_RES}], got {self.max_resolution}")
-        object.__setattr__(self, "tau_min", int(self.tau_min))
-        object.__setattr__(self, "max_resolution", int(self.max_resolution))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"tau_max": list(self.tau_max), "tau_min": self.tau_min, "max_resolution": self.max_resolution}
 
 
 class GeocellHierarchy:
@@ -323,10 +293,6 @@ class GeocellHierarchy:
     # ------------------------------------------------------------------ persistence
     def save(self, uri: str, s3: S3Config | None = None) -> None:
         """Write all levels to ONE Parquet file (a `level` column; config as JSON in the schema metadata)."""
-        fs, path = resolve(uri, s3)
-        parent = posixpath.dirname(path)
-        if parent:
-            fs.create_dir(parent, recursive=True)
         columns: dict[str, list[np.ndarray]] = {name: [] for name in ("level", *_LEVEL_COLUMNS)}
         for lvl, df in enumerate(self._levels):
             columns["level"].append(np.full(len(df), lvl, dtype=np.int64))
@@ -334,8 +300,7 @@ class GeocellHierarchy:
                 columns[name].append(df[name].to_numpy())
         table = pa.table({name: pa.array(np.concatenate(parts)) for name, parts in columns.items()})
         meta = {"format_version": _FORMAT_VERSION, **self._config.to_dict()}
-        table = table.replace_schema_metadata({_METADATA_KEY: json.dumps(meta).encode()})
-        pq.write_table(table, path, filesystem=fs)
+        write_parquet(table, uri, s3, metadata={_METADATA_KEY: json.dumps(meta).encode()})
 
     @classmethod
     def load(cls, uri: str, s3: S3Config | None = None) -> GeocellHierarchy:

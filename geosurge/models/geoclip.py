@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from geosurge import storage
 from geosurge.config import ModelConfig
-from geosurge.data import storage
 from geosurge.data.gps_gallery import geoclip_package_file, load_gps_gallery
 from geosurge.models.backbone import Backbone
 from geosurge.models.factory import register_model

@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from geosurge.config import ModelConfig
-from geosurge.data.ade20k import ADE20K_ID
 from geosurge.models.backbone import Backbone
 from geosurge.models.factory import register_model
 from geosurge.models.hierarchy import HierarchySpec
+from geosurge.segmentation.ade20k import ADE20K_ID
 
 # Scene ids follow Places365's 3-way labels (S3_Label / the manifest's `scene3`): 0 indoor, 1 natural, 2 urban.
 INDOOR, NATURAL, URBAN = 0, 1, 2

@@ -19,10 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from geosurge.config import ModelConfig
-from geosurge.data.ade20k import NUM_ADE20K_CLASSES
 from geosurge.models.backbone import Backbone
 from geosurge.models.factory import register_model
 from geosurge.models.hierarchy import HierarchySpec
+from geosurge.segmentation.ade20k import NUM_ADE20K_CLASSES
 
 
 def ten_crop_views(

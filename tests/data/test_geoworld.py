@@ -12,11 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from geosurge.data.ade20k import ADE20K_ID, NUM_ADE20K_CLASSES
+from geosurge.config import GeoWorldConfig
 from geosurge.data.geoworld import (
     LANDMARK_CLASSES,
     MANIFEST_COLUMNS,
-    GeoWorldConfig,
     build_manifest,
     generate_geoworld,
     geoworld_locations,
@@ -28,6 +27,7 @@ from geosurge.data.geoworld import (
     write_manifest,
 )
 from geosurge.geo.distance import haversine_km
+from geosurge.segmentation.ade20k import ADE20K_ID, NUM_ADE20K_CLASSES
 
 # Few landmarks and a high share so that landmarks repeat within 60 images.
 CFG = GeoWorldConfig(num_images=60, image_size=64, seed=3, landmark_share=0.3, num_landmarks=4)

@@ -17,9 +17,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from geosurge.config import IngestConfig
-from geosurge.data import storage
-from geosurge.data.geoworld import GeoWorldConfig, generate_geoworld
+from geosurge import storage
+from geosurge.config import GeoWorldConfig, IngestConfig
+from geosurge.data.geoworld import generate_geoworld
 from geosurge.data.ingest import ingest, read_quarantine
 
 
@@ -152,7 +152,7 @@ import json, sys
 import ray
 from geosurge.config import IngestConfig
 from geosurge.data.ingest import ingest
-from geosurge.data.storage import S3Config
+from geosurge.storage import S3Config
 args = json.loads(sys.argv[1])
 ray.init(address=args["address"], log_to_driver=False)
 ingest(args["manifest"], args["out"], IngestConfig(**args["config"]), S3Config(**args["s3"]))

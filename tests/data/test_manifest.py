@@ -26,7 +26,7 @@ from geosurge.data.manifest import (
     write_manifest,
     write_quarantine,
 )
-from geosurge.data.storage import S3Config
+from geosurge.storage import S3Config
 
 IM2GPS3K_HEADER = "IMG_ID,AUTHOR,LAT,LON,S3_Label,S16_Label,S365_Label,Prob_indoor,Prob_natural,Prob_urban"
 SWAPPED_HEADER = "IMG_ID,AUTHOR,LON,LAT,S3_Label,S16_Label,S365_Label,Prob_indoor,Prob_natural,Prob_urban"
@@ -317,7 +317,7 @@ def test_million_rows_validate_and_reconcile() -> None:
 
 
 def test_readers_and_writers_work_on_s3(s3: S3Config) -> None:
-    from geosurge.data.storage import write_bytes
+    from geosurge.storage import write_bytes
 
     body = IM2GPS3K_HEADER + "\n" + "\n".join(_im2gps_rows(AMERICAS_ASIA[:5])) + "\n"
     write_bytes("s3://bench/meta/im2gps3k_places365.csv", body.encode(), s3)

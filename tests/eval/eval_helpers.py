@@ -6,7 +6,7 @@ has seen the benchmark images: these tests check the eval and promotion machiner
 "random" version is the same architecture with its random initial weights. The trained one is clearly better,
 and every figure the tests compare is measured, none is set by hand.
 
-A plain module beside the tests (pytest puts this folder on sys.path); tests/workflows adds it explicitly.
+Imported as `tests.eval.eval_helpers` (tests/workflows uses it too).
 """
 
 from __future__ import annotations
@@ -19,15 +19,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from geosurge.config import BenchmarkConfig, PipelineConfig, load_config
-from geosurge.data import storage
-from geosurge.data.geoworld import GeoWorldConfig, generate_geoworld
+from geosurge import storage
+from geosurge.config import BenchmarkConfig, GeoWorldConfig, PipelineConfig, load_config
+from geosurge.data.geoworld import generate_geoworld
 from geosurge.data.images import ImageSpec, decode_image
-from geosurge.data.segment import Segmenter
 from geosurge.geo.geocells import GeocellHierarchy
 from geosurge.models import create_model
-from geosurge.pipeline import start_mlflow_run
-from geosurge.registry import log_and_register
+from geosurge.segmentation.segmenter import Segmenter
+from geosurge.tracking.registry import log_and_register
+from geosurge.tracking.runs import start_mlflow_run
 
 NUM_IMAGES = 120
 TINY = [

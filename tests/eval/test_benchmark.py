@@ -9,7 +9,14 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from eval_helpers import (
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from geosurge.eval.benchmark import evaluate_model
+from geosurge.eval.job import run_eval_job
+from geosurge.eval.promotion import KEEP, NO_OP, PROMOTE
+from geosurge.geo.metrics import geolocation_metrics
+from tests.eval.eval_helpers import (
     BAD_COORDINATES_ID,
     BROKEN_IMAGE_ID,
     MISSING_IMAGE_ID,
@@ -21,13 +28,6 @@ from eval_helpers import (
     train_tiny,
     world_hierarchy,
 )
-from mlflow.tracking import MlflowClient
-from PIL import Image
-
-from geosurge.eval.benchmark import evaluate_model
-from geosurge.eval.job import run_eval_job
-from geosurge.eval.promotion import KEEP, NO_OP, PROMOTE
-from geosurge.geo.metrics import geolocation_metrics
 
 pytestmark = pytest.mark.slow  # about a minute and a half: seven Ray Data passes, each loading a model
 

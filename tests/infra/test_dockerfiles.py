@@ -11,7 +11,8 @@ from pathlib import Path
 import mlflow
 import ray
 import yaml
-from infra_helpers import (
+
+from tests.infra.infra_helpers import (
     INFRA,
     REPO,
     dockerfile_env,

@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from infra_helpers import INFRA, all_docs, containers, flag_value, one, pyproject
+
+from tests.infra.infra_helpers import (
+    INFRA,
+    all_docs,
+    containers,
+    flag_value,
+    one,
+    pyproject,
+)
 
 COMPOSE = INFRA / "mlflow" / "docker-compose.yml"
 # Images whose code we ship, and the installed packages whose sources must read each variable we set there.
@@ -85,8 +93,8 @@ def test_every_environment_variable_set_on_our_images_is_read_by_their_code_or_e
 
 
 def test_the_pipeline_reads_the_s3_credentials_the_ray_pods_get():
-    """The Ray pods get AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY; geosurge.data.storage hands them to pyarrow."""
-    from geosurge.data.storage import S3Config, s3_filesystem
+    """The Ray pods get AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY; geosurge.storage hands them to pyarrow."""
+    from geosurge.storage import S3Config, s3_filesystem
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AWS_ACCESS_KEY_ID", "from-the-secret")

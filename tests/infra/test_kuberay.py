@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 import ray
 import yaml
-from infra_helpers import (
+
+from geosurge.config import load_config
+from tests.infra.infra_helpers import (
     INFRA,
     NAMESPACE,
     REPO,
@@ -32,8 +34,6 @@ from infra_helpers import (
     ray_cluster_specs,
     ray_job_specs,
 )
-
-from geosurge.config import load_config
 
 # Fields of the ray.io/v1 specs (KubeRay v1.6 types); a key outside these is a typo the API server would prune.
 RAY_CLUSTER_SPEC_FIELDS = {

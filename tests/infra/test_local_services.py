@@ -19,10 +19,10 @@ from urllib.parse import urlparse
 import boto3
 import pytest
 import requests
-from infra_helpers import INFRA, REPO, expand_k8s_vars, flag_value, one
 
+from geosurge import storage
 from geosurge.config import load_config
-from geosurge.data import storage
+from tests.infra.infra_helpers import INFRA, REPO, expand_k8s_vars, flag_value, one
 
 SCRIPT = INFRA / "seaweedfs.sh"
 
@@ -212,7 +212,7 @@ def test_mlflow_server_as_deployed_keeps_runs_and_registry_in_postgres_and_artif
     import psycopg
     from mlflow import MlflowClient
 
-    from geosurge.pipeline import start_mlflow_run
+    from geosurge.tracking.runs import start_mlflow_run
 
     url, credentials, endpoint, command = mlflow_server
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL", "MLFLOW_TRACKING_URI"):

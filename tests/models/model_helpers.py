@@ -1,6 +1,6 @@
 """What the model tests share: a tiny ViT, a small three-level hierarchy, random batches in the pipeline's format.
 
-A plain module beside the tests (pytest puts this folder on sys.path), so module-level helpers can use it too.
+Imported as `tests.models.model_helpers`, so other test packages' helpers can use it too.
 """
 
 import numpy as np

@@ -6,10 +6,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from model_helpers import TINY_VIT, random_batch, small_hierarchy
 
 from geosurge.config import GeoDecoderConfig, ModelConfig
-from geosurge.data.ade20k import ADE20K_ID
 from geosurge.geo.geocells import GeocellHierarchy
 from geosurge.models import HierarchySpec, create_model
 from geosurge.models.geodecoder import (
@@ -19,6 +17,8 @@ from geosurge.models.geodecoder import (
     GeoDecoder,
     scene_from_label_map,
 )
+from geosurge.segmentation.ade20k import ADE20K_ID
+from tests.models.model_helpers import TINY_VIT, random_batch, small_hierarchy
 
 TINY = TINY_VIT
 

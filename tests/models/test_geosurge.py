@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from model_helpers import TINY_VIT, random_batch, small_hierarchy
 
 from geosurge.config import ModelConfig
 from geosurge.geo.geocells import GeocellHierarchy
 from geosurge.models import HierarchySpec, create_model
+from tests.models.model_helpers import TINY_VIT, random_batch, small_hierarchy
 
 TINY = TINY_VIT
 

@@ -6,11 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from model_helpers import TINY_VIT, random_batch, small_hierarchy
 
 from geosurge.config import GeoClipConfig, ModelConfig
 from geosurge.geo.geocells import GeocellHierarchy
 from geosurge.models import HierarchySpec, create_model, list_models
+from tests.models.model_helpers import TINY_VIT, random_batch, small_hierarchy
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,8 @@ REGISTERED = "geosurge_registry_test"
 def registered(mlflow_server, tmp_path_factory):
     """A tiny random-init GeoSURGE registered on the real MLflow server: (tracking URI, version, loaded pyfunc)."""
     import mlflow
-    from registry_helpers import register_tiny, tiny_config, tracking_uri
+
+    from tests.tracking.registry_helpers import register_tiny, tiny_config, tracking_uri
 
     config = tiny_config(tmp_path_factory.mktemp("registry"), mlflow_server,
                          [f"tracking.registered_model={REGISTERED}", "eval.top_k=4"])
@@ -81,7 +82,8 @@ def test_new_version_gets_the_alias_and_a_typed_signature(registered, tmp_path):
     import mlflow
     from mlflow.tracking import MlflowClient
     from mlflow.types.schema import Object
-    from registry_helpers import tracking_uri
+
+    from tests.tracking.registry_helpers import tracking_uri
 
     uri, version, model = registered
     client = MlflowClient(uri)
@@ -107,7 +109,8 @@ def test_new_version_gets_the_alias_and_a_typed_signature(registered, tmp_path):
 def test_every_input_form_gives_the_same_top_k_with_places(registered, tmp_path):
     import h3
     import pandas as pd
-    from registry_helpers import photo_bytes
+
+    from tests.tracking.registry_helpers import photo_bytes
 
     _, _, model = registered
     photos = [photo_bytes(1), photo_bytes(2)]
@@ -143,7 +146,8 @@ def assert_same(predictions, expected):
 
 def test_the_eval_job_reaches_the_locator(registered):
     import mlflow
-    from registry_helpers import photo_bytes, tracking_uri
+
+    from tests.tracking.registry_helpers import photo_bytes, tracking_uri
 
     uri, version, model = registered
     with tracking_uri(uri):
@@ -158,7 +162,8 @@ def test_the_eval_job_reaches_the_locator(registered):
 
 def test_bad_inputs_are_refused_with_the_reason(registered, tmp_path):
     from mlflow.exceptions import MlflowException
-    from registry_helpers import photo_bytes
+
+    from tests.tracking.registry_helpers import photo_bytes
 
     _, _, model = registered
     cases = [
@@ -184,11 +189,10 @@ def test_uri_inputs_from_s3_and_http(s3, tmp_path, monkeypatch):
     import http.server
     import threading
 
-    from registry_helpers import photo_bytes, tiny_config
-
-    from geosurge.data.segment import Segmenter
-    from geosurge.data.storage import S3Config, write_bytes
-    from geosurge.registry import GeoLocator, ImageInput, write_bundle
+    from geosurge.segmentation.segmenter import Segmenter
+    from geosurge.serving import GeoLocator, ImageInput, write_bundle
+    from geosurge.storage import S3Config, write_bytes
+    from tests.tracking.registry_helpers import photo_bytes, tiny_config
 
     config = tiny_config(tmp_path, "sqlite:///unused.db")
     config.s3 = S3Config(endpoint_url=s3.endpoint_url, region=s3.region, access_key_id=s3.access_key_id,
@@ -222,7 +226,7 @@ def test_uri_inputs_from_s3_and_http(s3, tmp_path, monkeypatch):
 
 
 def test_retrieval_models_have_no_cell():
-    from geosurge.registry import predictions_from_arrays
+    from geosurge.serving import predictions_from_arrays
 
     out = {"lat": np.array([[48.85, 40.71]]), "lon": np.array([[2.35, -74.0]]), "score": np.array([[0.6, 0.3]])}
     (prediction,) = predictions_from_arrays(out, finest_h3=np.array([], np.uint64))

@@ -4,11 +4,12 @@ from dataclasses import dataclass
 
 import pytest
 
-from geosurge.config import IngestConfig
-from geosurge.data.geoworld import GeoWorldConfig, generate_geoworld
-from geosurge.data.ingest import GROUND_TRUTH_SEGMENTER, ingest
+from geosurge.config import GeoWorldConfig, IngestConfig
+from geosurge.data.geoworld import generate_geoworld
+from geosurge.data.ingest import ingest
+from geosurge.data.shards import read_split, split_rows
 from geosurge.geo.geocells import GeocellHierarchy
-from geosurge.train.data import read_split, split_rows
+from geosurge.segmentation import GROUND_TRUTH_SEGMENTER
 
 
 @dataclass

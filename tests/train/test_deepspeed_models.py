@@ -5,18 +5,14 @@ initialisation, partitions gradients, wraps the optimizer), which only a real en
 """
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
-from model_helpers import TINY_VIT, random_batch, small_hierarchy
-
 from geosurge.config import GeoClipConfig, ModelConfig, TrainConfig
 from geosurge.models import HierarchySpec, create_model, list_models
 from geosurge.train.trainer import DEFAULT_EXTENSIONS_DIR, deepspeed_config
+from tests.models.model_helpers import TINY_VIT, random_batch, small_hierarchy
 
 
 @pytest.fixture(scope="module")

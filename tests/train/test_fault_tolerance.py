@@ -15,11 +15,15 @@ import mlflow
 import psutil
 import pytest
 from mlflow.tracking import MlflowClient
-from train_helpers import small_run_config, small_run_overrides, steps_per_epoch
 
 from geosurge.config import load_config
-from geosurge.pipeline import start_mlflow_run
+from geosurge.tracking.runs import start_mlflow_run
 from geosurge.train.trainer import train
+from tests.train.train_helpers import (
+    small_run_config,
+    small_run_overrides,
+    steps_per_epoch,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 

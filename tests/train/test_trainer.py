@@ -6,11 +6,11 @@ from collections import Counter
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
-from train_helpers import small_run_config, steps_per_epoch
 
 from geosurge.models import create_model
-from geosurge.pipeline import start_mlflow_run
+from geosurge.tracking.runs import start_mlflow_run
 from geosurge.train.trainer import TrainState, consolidated_state_dict, train
+from tests.train.train_helpers import small_run_config, steps_per_epoch
 
 
 def metric_steps(client: MlflowClient, run_id: str, key: str) -> list[int]:

@@ -1,4 +1,4 @@
-"""Helpers of the training tests (a plain module: pytest puts this folder on sys.path)."""
+"""Helpers of the training tests (imported as `tests.train.train_helpers`)."""
 
 from pathlib import Path
 

@@ -10,11 +10,12 @@ import json
 import time
 
 import pytest
-from workflow_helpers import SMALL_RUN
 
-from geosurge.data import storage
-from geosurge.data.geoworld import GeoWorldConfig, generate_geoworld
-from geosurge.retraining import BucketLock
+from geosurge import storage
+from geosurge.config import GeoWorldConfig
+from geosurge.data.geoworld import generate_geoworld
+from geosurge.orchestration.retraining import BucketLock
+from tests.workflows.workflow_helpers import SMALL_RUN
 
 E2E_RUN = [
     *SMALL_RUN,

@@ -11,9 +11,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests" / "eval"))  # the eval tests' helpers (tiny registered versions)
 
-from eval_helpers import (
+from tests.eval.eval_helpers import (
     TINY,
     benchmark_overrides,
     make_im2gps3k_csv,

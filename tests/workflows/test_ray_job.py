@@ -1,7 +1,8 @@
 """The whole pipeline submitted as a Ray job to a real local Ray head, then consumed from the MLflow registry."""
 
 import pytest
-from workflow_helpers import SMALL_RUN
+
+from tests.workflows.workflow_helpers import SMALL_RUN
 
 JOB_RUN = [
     *SMALL_RUN,

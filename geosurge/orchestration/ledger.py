@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from geosurge.data import storage
+from geosurge import storage
 
 
 def stage_key(*parts: Any) -> str:

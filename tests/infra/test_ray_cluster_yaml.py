@@ -7,7 +7,7 @@ import jsonschema
 import ray
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_cluster_file_matches_the_schema_that_ships_with_ray():

@@ -31,20 +31,12 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from geosurge.config import (
+    S3Config,  # re-exported: callers annotate with storage.S3Config
+)
+
 T = TypeVar("T")
 
-
-@dataclass
-class S3Config:
-    """Where S3 lives. Empty fields fall back to the standard AWS chain (env vars, ~/.aws, instance role)."""
-
-    endpoint_url: str | None = None  # e.g. http://127.0.0.1:8333 for SeaweedFS/MinIO; None for AWS
-    region: str | None = None
-    access_key_id: str | None = None  # prefer the AWS chain; kept here for local test servers
-    secret_access_key: str | None = None
-
-    def __repr__(self) -> str:  # keep secrets out of logs and MLflow params
-        return f"S3Config(endpoint_url={self.endpoint_url!r}, region={self.region!r}, credentials=<hidden>)"
 
 
 def is_s3(uri: str) -> bool:
@@ -292,9 +284,10 @@ class Fetcher:
         return with_retries(lambda: self._read_once(uri), self.policy, uri)
 
 
-def write_parquet_atomic(table: pa.Table, uri: str, s3: S3Config | None = None,
-                         policy: RetryPolicy | None = None, metadata: dict[bytes, bytes] | None = None) -> int:
-    """Write one Parquet file so that it appears whole or not at all; returns the retries it took.
+def write_parquet(table: pa.Table, uri: str, s3: S3Config | None = None,
+                  policy: RetryPolicy | None = None, metadata: dict[bytes, bytes] | None = None) -> int:
+    """Write one Parquet file so that it appears whole or not at all; returns the retries it took. The one Parquet
+    writer of the code base: manifests, shards, quarantine, geocells and GeoWorld all go through it.
 
     An S3 PUT (multipart or not) is atomic by itself; a local file is written beside its target under a hidden
     temporary name and renamed. Readers skip names starting with '.', so a killed writer leaves nothing they

@@ -6,8 +6,13 @@ import time
 
 import pytest
 
-from geosurge.data import storage
-from geosurge.retraining import BucketLock, LockHeld, Watermark, find_new_manifests
+from geosurge import storage
+from geosurge.orchestration.retraining import (
+    BucketLock,
+    LockHeld,
+    Watermark,
+    find_new_manifests,
+)
 
 
 @pytest.fixture(params=["local", "s3"])

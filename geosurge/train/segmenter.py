@@ -4,7 +4,7 @@ No scene-segmentation weights reach our machines, so until now the ingest stage 
 GeoWorld saves an exact ADE20K label map beside every image (`label_uri`), which is enough to train a small
 SegFormer (MiT-b0 by default) on the CPU in a few minutes. The result is saved as a complete transformers
 checkpoint (`save_pretrained` of the model and a `SegformerImageProcessor`), so
-`geosurge.data.segment.load_segmenter(folder)` and `ingest.segmenter=<folder>` load it exactly as they would
+`geosurge.segmentation.segmenter.load_segmenter(folder)` and `ingest.segmenter=<folder>` load it exactly as they would
 load a hub checkpoint.
 
 Images are decoded exactly as the ingest stage decodes them (`decode_image` at `image_size`), label maps with
@@ -35,9 +35,8 @@ import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
 
+from geosurge import storage
 from geosurge.config import SegmenterTrainConfig
-from geosurge.data import storage
-from geosurge.data.ade20k import ADE20K_CLASSES, NUM_ADE20K_CLASSES, id2label
 from geosurge.data.images import (
     ImageRejected,
     ImageSpec,
@@ -46,7 +45,8 @@ from geosurge.data.images import (
     majority_pool,
 )
 from geosurge.data.manifest import read_manifest
-from geosurge.data.segment import pool_logits_to_grid
+from geosurge.segmentation.ade20k import ADE20K_CLASSES, NUM_ADE20K_CLASSES, id2label
+from geosurge.segmentation.segmenter import pool_logits_to_grid
 
 METRICS_FILE = "geosurge_metrics.json"
 IGNORE_INDEX = 255  # SegFormer's `semantic_loss_ignore_index`; ids >= num_labels are not scored either

@@ -1,35 +1,13 @@
-"""Run-level plumbing shared by the workflows: start Ray, open the MLflow run, log the config whole."""
+"""MLflow runs: open (or continue) a run's MLflow run and log its config whole; a crashed driver leaves it FAILED."""
 
 from __future__ import annotations
 
 import contextlib
-import math
-import os
 import sys
 import tempfile
 from pathlib import Path
 
 from geosurge.config import PipelineConfig
-
-
-def init_ray(config: PipelineConfig) -> None:
-    """Join the cluster (config or RAY_ADDRESS, as inside `ray job submit`), or start a local Ray."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    address = config.ray.address or os.environ.get("RAY_ADDRESS")
-    if not address:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local Ray needs no token
-    import ray
-
-    num_cpus = None
-    if not address:
-        # Training workers hold their CPUs for the whole fit while Ray Data tasks feed them; on a single
-        # machine, give Ray logical CPUs for both or the feeding tasks can never be scheduled.
-        train_cpus = math.ceil(config.train.num_workers * config.train.cpus_per_worker)
-        num_cpus = config.ray.num_cpus or (os.cpu_count() or 1) + train_cpus
-    ray.init(address=address, num_cpus=num_cpus, log_to_driver=True)
-    import ray.data
-
-    ray.data.DataContext.get_current().enable_progress_bars = False  # log lines, not bars, in job logs
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, object]:

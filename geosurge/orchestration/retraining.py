@@ -17,7 +17,7 @@ from typing import Self
 
 import pyarrow.fs as pafs
 
-from geosurge.data import storage
+from geosurge import storage
 
 MANIFEST_SUFFIXES = (".parquet", ".csv")
 

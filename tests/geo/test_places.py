@@ -3,7 +3,7 @@
 import pytest
 
 from geosurge.geo.distance import haversine_km
-from geosurge.places import nearest_places, place_index
+from geosurge.geo.places import nearest_places, place_index
 
 
 def test_known_coordinates_name_their_town_region_and_country():

@@ -14,14 +14,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from geosurge.data.ade20k import NUM_ADE20K_CLASSES, id2label
+from geosurge.segmentation.ade20k import NUM_ADE20K_CLASSES, id2label
 
 log = logging.getLogger(__name__)
 
+# `ingest.segmenter` values that name no checkpoint (anything else is a hub id or a checkpoint folder):
 RANDOM_SEGMENTER = "random"
 # Not a model but an instruction to the pipeline: train a SegFormer on the run's own GeoWorld label maps
-# (geosurge.data.segmenter_training) and segment with that checkpoint folder.
+# (geosurge.train.segmenter) and segment with that checkpoint folder.
 GEOWORLD_SEGMENTER = "geoworld"
+# An oracle segmenter for benchmarks and ablations: the manifest's own label maps (`label_uri`, as GeoWorld
+# writes them) instead of a model's predictions. A model trained on it has no segmenter to serve with.
+GROUND_TRUTH_SEGMENTER = "ground_truth"
+# No segmentation: shards without label maps. For models that use none (GeoCLIP) and for measuring the rest
+# of the ingest stage on its own (benchmarks/ingest.py).
+NO_SEGMENTER = "none"
 # ImageNet statistics: what SegFormer/OneFormer image processors normalise with
 _MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 _STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)

@@ -12,8 +12,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from geosurge.config import load_config
-from geosurge.pipeline import RUN_NAME_TAG, start_mlflow_run
-from geosurge.train.trainer import MlflowMetricWriter
+from geosurge.tracking.metrics import MlflowMetricWriter
+from geosurge.tracking.runs import RUN_NAME_TAG, start_mlflow_run
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from geosurge.config import IngestConfig
-from geosurge.data import storage
-from geosurge.data.geoworld import GeoWorldConfig, generate_geoworld
+from geosurge import storage
+from geosurge.config import GeoWorldConfig, IngestConfig
+from geosurge.data.geoworld import generate_geoworld
 from geosurge.data.ingest import ingest, read_quarantine
 from geosurge.geo.geocells import GeocellHierarchy
 

@@ -5,11 +5,12 @@ import json
 import numpy as np
 import pytest
 
-from geosurge.data.ade20k import NUM_ADE20K_CLASSES
-from geosurge.data.geoworld import GeoWorldConfig, generate_geoworld
+from geosurge.config import GeoWorldConfig
+from geosurge.data.geoworld import generate_geoworld
 from geosurge.data.images import ImageSpec
-from geosurge.data.segment import Segmenter, load_segmenter, random_segformer
-from geosurge.data.segmenter_training import (
+from geosurge.segmentation.ade20k import NUM_ADE20K_CLASSES
+from geosurge.segmentation.segmenter import Segmenter, load_segmenter, random_segformer
+from geosurge.train.segmenter import (
     METRICS_FILE,
     SegmenterTrainConfig,
     confusion_matrix,

@@ -1,7 +1,7 @@
 """What the registry, CLI and serving tests share: a tiny randomly initialised model registered the way
 full_pipeline registers one (`log_and_register` inside the run's MLflow run), and a few test photos.
 
-A plain module beside the tests (pytest puts this folder on sys.path for tests/conftest.py).
+Imported as `tests.tracking.registry_helpers`.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import torch
-from models.model_helpers import TINY_VIT, small_hierarchy
 
 from geosurge.config import PipelineConfig, load_config
 from geosurge.data.images import encode_jpeg
-from geosurge.data.segment import Segmenter
 from geosurge.models import create_model
-from geosurge.pipeline import start_mlflow_run
-from geosurge.registry import log_and_register
+from geosurge.segmentation.segmenter import Segmenter
+from geosurge.tracking.registry import log_and_register
+from geosurge.tracking.runs import start_mlflow_run
+from tests.models.model_helpers import TINY_VIT, small_hierarchy
 
 TINY = [
     "ingest.image_size=32",

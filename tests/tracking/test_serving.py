@@ -12,8 +12,14 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import end_process_group, free_port
-from registry_helpers import photo_bytes, register_tiny, tiny_config, tracking_uri
+
+from tests.conftest import end_process_group, free_port
+from tests.tracking.registry_helpers import (
+    photo_bytes,
+    register_tiny,
+    tiny_config,
+    tracking_uri,
+)
 
 REGISTERED = "geosurge_serving_test"
 

@@ -1,7 +1,7 @@
 """Stage records: a stage is skipped only when its key matches and its outputs still exist."""
 
-from geosurge.data import storage
-from geosurge.stages import StageLedger, stage_key
+from geosurge import storage
+from geosurge.orchestration.ledger import StageLedger, stage_key
 
 
 def test_stage_key_changes_with_config_and_upstream():

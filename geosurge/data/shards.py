@@ -1,0 +1,67 @@
+"""Reading shards as model batches: decode JPEG bytes and label maps and attach geocell labels for every level.
+Training and evaluation both read shards through here."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+
+from geosurge import storage
+from geosurge.data.images import decode_jpeg
+from geosurge.geo.geocells import GeocellHierarchy
+
+
+def read_split(shards_uri: str, split: str, s3: storage.S3Config | None = None) -> ray.data.Dataset:
+    fs, path = storage.resolve(shards_uri, s3)
+    ds = ray.data.read_parquet(path, filesystem=fs)
+    return ds.filter(expr=f"split == '{split}'")
+
+
+def model_dataset(
+    shards_uri: str, split: str, hierarchy: GeocellHierarchy, s3: storage.S3Config | None = None
+) -> ray.data.Dataset:
+    """The streamed model batches of `split` (what a trainer consumes; training adds augmentation on top)."""
+    return read_split(shards_uri, split, s3).map_batches(
+        to_model_batch, fn_kwargs={"hierarchy": hierarchy}, batch_format="pyarrow"
+    )
+
+
+def to_model_batch(batch: pa.Table, hierarchy: GeocellHierarchy | None = None) -> dict[str, np.ndarray]:
+    """Ray Data UDF: shard rows → {image uint8 [B,H,W,3], label_map uint8 [B,g,g], lat, lon, cells int64 [B,L]}
+    (+ `scene` int64 [B] when the data set carries Places365 scene labels).
+
+    `cells` come from `hierarchy.assign`; without a hierarchy, from the shards' own `cells` column when they have
+    one (cells precomputed at ingest belong to the hierarchy ingest used, so an explicit hierarchy wins)."""
+    grids = batch.column("label_grid").to_numpy()
+    grid = int(grids[0])
+    if not (grids == grid).all():
+        raise ValueError(f"one batch mixes label grids {sorted(set(grids.tolist()))}: ingest with one label_grid")
+    lat = batch.column("lat").to_numpy()
+    lon = batch.column("lon").to_numpy()
+    out = {
+        "image": np.stack([decode_jpeg(b) for b in batch.column("image").to_pylist()]),
+        "label_map": np.stack(
+            [np.frombuffer(b, np.uint8).reshape(grid, grid) for b in batch.column("label_map").to_pylist()]
+        ),
+        "lat": lat,
+        "lon": lon,
+    }
+    if "scene3" in batch.column_names:
+        # Places365 3-way scene labels (S3_Label: 0 indoor, 1 natural, 2 urban) where the data set has them;
+        # -1 marks a row without one, and models that use scenes derive it from the label map instead.
+        out["scene"] = pc.fill_null(batch.column("scene3").cast(pa.int64()), -1).to_numpy()
+    if hierarchy is not None:
+        out["cells"] = hierarchy.assign(lat, lon)
+    elif "cells" in batch.column_names:
+        out["cells"] = np.stack(batch.column("cells").to_numpy(zero_copy_only=False)).astype(np.int64)
+    return out
+
+
+def split_rows(shards_uri: str, split: str, s3: storage.S3Config | None = None) -> int:
+    """Rows of `split` in the shards, counted from the `split` column alone (no image bytes are read)."""
+    import pyarrow.dataset as pads
+
+    fs, path = storage.resolve(shards_uri, s3)
+    return pads.dataset(path, filesystem=fs, format="parquet").count_rows(filter=pc.field("split") == split)

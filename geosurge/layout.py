@@ -1,0 +1,114 @@
+"""Every path under a run's data root and under an ingest output, in one place.
+
+A data root is a local folder or an `s3://` prefix. It is the only state that the machines of a cluster share:
+
+    <data root>/
+      geoworld/                 the generated GeoWorld (images/, labels/, manifest.parquet, geoworld.json)
+      geocells.parquet          the geocell hierarchy built from the training coordinates
+      ingest/                   an ingest output (see IngestLayout): shards/, quarantine/, ...
+      incoming/                 where new manifests land for scheduled retraining
+      retrain/                  the retraining job's lock, watermark and the champion's geocells and weights
+      _stages/<stage>.json      what each pipeline stage made, and from which config
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from geosurge.storage import join
+
+MANIFEST_FILE = "manifest.parquet"
+GEOCELLS_FILE = "geocells.parquet"
+
+
+@dataclass(frozen=True)
+class IngestLayout:
+    """An ingest output: shards and quarantine (one Parquet file per chunk each), plus the ingest's own
+    bookkeeping (staged chunks, plans, the last report)."""
+
+    root: str
+
+    @property
+    def shards(self) -> str:
+        return join(self.root, "shards")
+
+    @property
+    def quarantine(self) -> str:
+        return join(self.root, "quarantine")
+
+    @property
+    def report(self) -> str:
+        return join(self.root, "ingest_report.json")
+
+    def staging(self, tag: str) -> str:
+        """A manifest's staged chunks and id buckets while it is being ingested."""
+        return join(self.root, "_staging", tag)
+
+    def plan(self, tag: str) -> str:
+        """A manifest's plan: its chunk names and row counts."""
+        return join(self.root, "_plans", f"{tag}.json")
+
+
+@dataclass(frozen=True)
+class DataRoot:
+    """The paths of one data root (local folder or s3:// prefix)."""
+
+    root: str
+
+    @property
+    def geoworld(self) -> str:
+        return join(self.root, "geoworld")
+
+    @property
+    def geoworld_manifest(self) -> str:
+        return join(self.geoworld, MANIFEST_FILE)
+
+    @property
+    def geocells(self) -> str:
+        return join(self.root, GEOCELLS_FILE)
+
+    @property
+    def ingest(self) -> IngestLayout:
+        return IngestLayout(join(self.root, "ingest"))
+
+    @property
+    def stages(self) -> str:
+        return join(self.root, "_stages")
+
+    @property
+    def incoming(self) -> str:
+        return join(self.root, "incoming")
+
+    @property
+    def retrain(self) -> str:
+        return join(self.root, "retrain")
+
+    @property
+    def retrain_lock(self) -> str:
+        return join(self.retrain, "lock.json")
+
+    @property
+    def retrain_watermark(self) -> str:
+        return join(self.retrain, "watermark.json")
+
+    def champion_geocells(self, version: str) -> str:
+        return join(self.retrain, f"geocells-v{version}.parquet")
+
+    def champion_weights(self, version: str) -> str:
+        return join(self.retrain, f"init-v{version}.pt")
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """The local output folder of a run (`output_dir`): what stays on the machine that ran the driver."""
+
+    root: str
+
+    @property
+    def ray_results(self) -> str:
+        return str(Path(self.root, "ray_results").absolute())
+
+    def segmenter(self, key: str) -> str:
+        """The segmenter the `segmenter` stage trains, by its stage key."""
+        return str(Path(self.root, "segmenter", key).absolute())

@@ -1,0 +1,117 @@
+"""`GeoLocator`: a loaded model + segmenter that turns images into `Prediction`s, and the bundle folder it loads
+from (fp32 weights, the geocell hierarchy, the run config, the segmenter). Used by the registered pyfunc, the eval
+job and retraining; it knows nothing of MLflow."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from geosurge import storage
+from geosurge.config import PipelineConfig
+from geosurge.data.images import ImageRejected, ImageSpec, decode_image
+from geosurge.geo.geocells import GeocellHierarchy
+from geosurge.layout import GEOCELLS_FILE
+from geosurge.models import create_model
+from geosurge.segmentation.segmenter import Segmenter
+from geosurge.serving.prediction import (
+    DEFAULT_TOP_K,
+    ImageInput,
+    Prediction,
+    predictions_from_arrays,
+)
+
+_REDACTED = "<hidden>"  # what PipelineConfig.to_dict writes in place of S3 credentials
+
+
+class GeoLocator:
+    """A loaded model + segmenter that turns images into `Prediction`s. Used by the pyfunc and by eval."""
+
+    def __init__(self, model: torch.nn.Module, segmenter: Segmenter, config: PipelineConfig, hierarchy: GeocellHierarchy):
+        self.model = model.eval()
+        self.segmenter = segmenter
+        self.config = config
+        self.hierarchy = hierarchy
+        self.spec = ImageSpec(size=config.ingest.image_size, max_pixels=config.ingest.max_image_pixels)
+        self.finest_h3 = hierarchy.levels[-1]["h3"].to_numpy(np.uint64)  # the models' `cell` indexes these
+
+    @classmethod
+    def from_artifacts(cls, root: str | Path) -> GeoLocator:
+        root = Path(root)
+        config = PipelineConfig.from_dict(yaml.safe_load((root / "config.yaml").read_text()))
+        # the logged config has its S3 credentials redacted: a consumer's come from the AWS credential chain
+        if config.s3.access_key_id == _REDACTED:
+            config.s3.access_key_id = None
+        if config.s3.secret_access_key == _REDACTED:
+            config.s3.secret_access_key = None
+        hierarchy = GeocellHierarchy.load(str(root / GEOCELLS_FILE))
+        model = create_model(config.model, hierarchy)
+        model.load_state_dict(torch.load(root / "model.pt", map_location="cpu", weights_only=True))
+        segmenter = Segmenter(str(root / "segmenter"), config.ingest.label_grid)
+        # a saved random-init segmenter loads as an ordinary folder: keep what write_bundle recorded about it
+        segmenter.is_random = json.loads((root / "segmenter" / "geosurge.json").read_text())["random_init"]
+        return cls(model, segmenter, config, hierarchy)
+
+    @torch.no_grad()
+    def predict_arrays(self, images: np.ndarray, k: int = DEFAULT_TOP_K) -> dict[str, np.ndarray]:
+        """uint8 images [B,H,W,3] (already at the model's size) → top-k arrays."""
+        label_maps = self.segmenter.label_maps(images)
+        out = self.model.predict({"image": torch.from_numpy(images), "label_map": torch.from_numpy(label_maps)}, k)
+        return {key: value.cpu().numpy() for key, value in out.items()}
+
+    def predict_bytes(self, images: list[bytes], k: int = DEFAULT_TOP_K) -> list[Prediction]:
+        """Encoded images → their top-k places. Raises `ImageRejected` (its detail names the image's position)
+        for an input that is not a usable image."""
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        arrays = []
+        for i, data in enumerate(images):
+            try:
+                arrays.append(decode_image(data, self.spec))
+            except ImageRejected as e:
+                raise ImageRejected(e.reason, f"image {i}: {e.detail}") from None
+        predictions: list[Prediction] = []
+        batch = max(1, self.config.eval.batch_size)
+        for start in range(0, len(arrays), batch):
+            out = self.predict_arrays(np.stack(arrays[start:start + batch]), k)
+            predictions += predictions_from_arrays(out, self.finest_h3)
+        return predictions
+
+    def read_image(self, uri: str) -> bytes:
+        """The bytes behind a URI: local path, file://, s3:// (this model's S3 settings) or http(s)://."""
+        try:
+            return storage.read_bytes(uri, self.config.s3)
+        except FileNotFoundError as e:
+            raise ImageRejected("not_found", f"{uri}: {e}") from None
+        except (OSError, ValueError) as e:  # storage/HTTP errors other than a missing object
+            raise ImageRejected("fetch_error", f"{uri}: {e}") from None
+
+    def predict_inputs(self, inputs: list[ImageInput], k: int = DEFAULT_TOP_K) -> list[Prediction]:
+        """Validated inputs (bytes or URIs) → their top-k places."""
+        images = []
+        for i, item in enumerate(inputs):
+            if item.image is not None:
+                images.append(item.image)
+                continue
+            try:
+                images.append(self.read_image(item.uri))
+            except ImageRejected as e:
+                raise ImageRejected(e.reason, f"image {i}: {e.detail}") from None
+        return self.predict_bytes(images, k)
+
+
+def write_bundle(root: Path, state_dict: dict, config: PipelineConfig, hierarchy: GeocellHierarchy, segmenter: Segmenter) -> Path:
+    """Everything a consumer needs, in one folder (logged as the pyfunc's artifact)."""
+    root.mkdir(parents=True, exist_ok=True)
+    torch.save(state_dict, root / "model.pt")
+    (root / "config.yaml").write_text(config.to_yaml())
+    hierarchy.save(str(root / GEOCELLS_FILE))
+    segmenter.model.save_pretrained(root / "segmenter")
+    (root / "segmenter" / "geosurge.json").write_text(
+        json.dumps({"spec": config.ingest.segmenter, "random_init": segmenter.is_random})
+    )
+    return root
