@@ -7,6 +7,7 @@ overrides on the command line. Values in overrides are parsed as YAML, so `--set
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import json
@@ -396,6 +397,18 @@ def apply_override(d: dict[str, Any], assignment: str) -> None:
     if keys[-1] not in node:
         raise ValueError(f"override {assignment!r}: unknown key {keys[-1]!r}; known: {sorted(node)}")
     node[keys[-1]] = yaml.safe_load(raw) if raw.strip() else None
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--config FILE` and repeated `--set key.path=value`: how every workflow and command takes its config."""
+    parser.add_argument("--config", help="YAML file with any subset of the config")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one value (parsed as YAML), e.g. train.epochs=2; may be repeated")
+
+
+def config_from_args(args: argparse.Namespace) -> PipelineConfig:
+    """The run's config from the arguments `add_config_arguments` declared."""
+    return load_config(args.config, args.set)
 
 
 def load_config(path: str | None = None, overrides: list[str] | None = None) -> PipelineConfig:

@@ -45,6 +45,18 @@ class IngestLayout:
         """A manifest's staged chunks and id buckets while it is being ingested."""
         return join(self.root, "_staging", tag)
 
+    def staged_chunk(self, tag: str, chunk: str) -> str:
+        """One staged chunk of a manifest: its rows as read, before validation."""
+        return join(self.staging(tag), "chunks", f"{chunk}.parquet")
+
+    def staged_ids(self, tag: str) -> str:
+        """A manifest's id hash buckets (the valid rows' ids), for the duplicate search."""
+        return join(self.staging(tag), "ids")
+
+    def duplicates(self, tag: str) -> str:
+        """Every duplicate row of a manifest, by chunk and row; its absence tells a rerun to stage again."""
+        return join(self.staging(tag), "duplicates.parquet")
+
     def plan(self, tag: str) -> str:
         """A manifest's plan: its chunk names and row counts."""
         return join(self.root, "_plans", f"{tag}.json")

@@ -15,18 +15,15 @@ import argparse
 import json
 import sys
 
-from geosurge.config import PipelineConfig, load_config
+from geosurge.config import add_config_arguments, config_from_args
 from geosurge.eval.job import outcome_json, run_eval_job
 from geosurge.runtime import init_ray
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML file with any subset of the config")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override, e.g. eval.model_uri=models:/geosurge/2")
-    args = parser.parse_args(argv)
-    config: PipelineConfig = load_config(args.config, args.set)
+    add_config_arguments(parser)
+    config = config_from_args(parser.parse_args(argv))
 
     init_ray(config)
     outcome = run_eval_job(config)

@@ -33,6 +33,7 @@ from geosurge.data.manifest import (
 )
 from geosurge.geo.distance import haversine_km
 from geosurge.geo.metrics import geolocation_metrics
+from geosurge.layout import DataRoot
 
 PREDICTION_COLUMNS = ["benchmark", "image_id", "uri", "lat", "lon", "pred_lat", "pred_lon", "score", "pred_cell",
                       "error_km"]
@@ -108,7 +109,7 @@ def resolve_model_uri(model_uri: str, tracking_uri: str) -> tuple[str, str | Non
 
 def benchmark_manifest_uri(benchmark: BenchmarkConfig, config: PipelineConfig) -> str:
     """The benchmark's manifest; by default the GeoWorld manifest full_pipeline writes under the data root."""
-    return benchmark.manifest or storage.join(config.resolved_data_root, "geoworld", "manifest.parquet")
+    return benchmark.manifest or DataRoot(config.resolved_data_root).geoworld_manifest
 
 
 def read_benchmark(benchmark: BenchmarkConfig, config: PipelineConfig) -> tuple[pa.Table, pa.Table, int, list[str]]:
@@ -194,7 +195,7 @@ def evaluate_benchmarks(
     model_uri: str, benchmarks: list[BenchmarkConfig], config: PipelineConfig
 ) -> dict[str, BenchmarkResult]:
     """Evaluate one model on several benchmarks in one Ray Data pass (one actor pool loads the model once).
-    Needs Ray initialised (`geosurge.pipeline.init_ray`). Returns {benchmark name: result}."""
+    Needs Ray initialised (`geosurge.runtime.init_ray`). Returns {benchmark name: result}."""
     import ray
     from ray.data import ActorPoolStrategy
 

@@ -120,7 +120,7 @@ def _log_plots(outcome: EvalOutcome) -> None:
 def run_eval_job(config: PipelineConfig, model_uri: str | None = None) -> EvalOutcome:
     """Evaluate `model_uri` (default: eval.model_uri, else models:/<registered_model>@<tracking.alias>) and the
     champion on `eval.benchmarks`, log one MLflow eval run, decide on `eval.promotion_metric` over
-    `eval.decision_benchmark`, and promote. Needs Ray initialised (`geosurge.pipeline.init_ray`)."""
+    `eval.decision_benchmark`, and promote. Needs Ray initialised (`geosurge.runtime.init_ray`)."""
     import mlflow
     from mlflow.tracking import MlflowClient
 

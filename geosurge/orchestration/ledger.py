@@ -11,10 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from geosurge import storage
+from geosurge.layout import DataRoot
 
 
 def stage_key(*parts: Any) -> str:
@@ -36,7 +38,7 @@ class StageLedger:
     """Reads and writes the stage records of one data root."""
 
     def __init__(self, root_uri: str, s3: storage.S3Config | None = None):
-        self.root = storage.join(root_uri, "_stages")
+        self.root = DataRoot(root_uri).stages
         self.s3 = s3
 
     def _uri(self, stage: str) -> str:
@@ -58,3 +60,37 @@ class StageLedger:
         record = StageRecord(stage=stage, key=key, outputs=outputs, summary=summary or {}, finished_at=time.time())
         storage.write_bytes(self._uri(stage), json.dumps(asdict(record), indent=2, default=str).encode(), self.s3)
         return record
+
+
+class StageRunner:
+    """Runs a workflow's stages in order, each under its header: a stage recorded as done with the same key is
+    skipped, as long as every stage before it was skipped too; the first stage that runs (or is forced) makes
+    every later one run. What a stage makes is recorded, so the next run can skip it."""
+
+    def __init__(self, ledger: StageLedger, keys: dict[str, str], force: list[str] | None = None):
+        self.ledger, self.keys = ledger, keys
+        self.stages = list(keys)
+        first_forced = min((self.stages.index(f) for f in force or []), default=len(self.stages))
+        self.done: dict[str, StageRecord] = {}
+        for name in self.stages[:first_forced]:
+            record = ledger.lookup(name, keys[name])
+            if record is None:
+                break
+            self.done[name] = record
+        self.records: dict[str, StageRecord] = dict(self.done)
+
+    @property
+    def all_done(self) -> bool:
+        return len(self.done) == len(self.stages)
+
+    def run(self, name: str, title: str, make: Callable[[], tuple[dict[str, str], dict[str, Any]]]) -> StageRecord:
+        """Print the stage's header; then its earlier record, or `make()`'s (outputs, summary), recorded."""
+        print(f"\n=== {self.stages.index(name) + 1}/{len(self.stages)} {name}: {title} ===", flush=True)
+        if name in self.done:
+            print(f"done by an earlier run with the same config (stage key {self.keys[name]}): skipped", flush=True)
+            return self.done[name]
+        started = time.time()
+        outputs, summary = make()
+        summary["seconds"] = round(time.time() - started, 1)
+        self.records[name] = self.ledger.record(name, self.keys[name], outputs, summary)
+        return self.records[name]

@@ -18,8 +18,7 @@ from typing import Self
 import pyarrow.fs as pafs
 
 from geosurge import storage
-
-MANIFEST_SUFFIXES = (".parquet", ".csv")
+from geosurge.data.manifest import is_manifest_name
 
 
 class LockHeld(RuntimeError):
@@ -156,7 +155,7 @@ def find_new_manifests(incoming_uri: str, watermark: Watermark, s3: storage.S3Co
     found = []
     prefix = "s3://" if storage.is_s3(incoming_uri) else ""
     for info in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
-        if info.type != pafs.FileType.File or not info.base_name.endswith(MANIFEST_SUFFIXES):
+        if info.type != pafs.FileType.File or not is_manifest_name(info.base_name):
             continue
         uri = prefix + info.path
         if uri not in watermark.ingested:

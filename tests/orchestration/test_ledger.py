@@ -1,7 +1,7 @@
 """Stage records: a stage is skipped only when its key matches and its outputs still exist."""
 
 from geosurge import storage
-from geosurge.orchestration.ledger import StageLedger, stage_key
+from geosurge.orchestration.ledger import StageLedger, StageRunner, stage_key
 
 
 def test_stage_key_changes_with_config_and_upstream():
@@ -22,3 +22,43 @@ def test_ledger_lookup(tmp_path):
     assert ledger.lookup("ingest", "k2") is None  # config changed: redo
     storage.resolve(out)[0].delete_dir(out)
     assert ledger.lookup("ingest", "k1") is None  # output gone: redo
+
+
+def _runner(tmp_path, keys, force=None):
+    return StageRunner(StageLedger(str(tmp_path)), keys, force)
+
+
+def _make(calls, name):
+    def make():
+        calls.append(name)
+        return {}, {"made_by": name}
+    return make
+
+
+def test_runner_skips_the_done_prefix_and_redoes_from_the_first_changed_or_forced_stage(tmp_path, capsys):
+    keys = {"a": "ka", "b": "kb", "c": "kc"}
+    calls: list[str] = []
+    first = _runner(tmp_path, keys)
+    assert not first.all_done
+    for name in keys:
+        first.run(name, "title", _make(calls, name))
+    assert calls == ["a", "b", "c"]
+    assert "=== 2/3 b: title ===" in capsys.readouterr().out
+
+    again = _runner(tmp_path, keys)
+    assert again.all_done and set(again.records) == {"a", "b", "c"}
+
+    calls.clear()  # b's config changed: b and everything after it runs, a is skipped
+    changed = _runner(tmp_path, {**keys, "b": "kb2"})
+    for name in keys:
+        changed.run(name, "title", _make(calls, name))
+    assert calls == ["b", "c"]
+    assert "skipped" in capsys.readouterr().out
+
+    calls.clear()  # a stage after an undone one runs even when its own record matches
+    forced = _runner(tmp_path, {**keys, "b": "kb2"}, force=["a"])
+    assert forced.done == {}
+    for name in keys:
+        forced.run(name, "title", _make(calls, name))
+    assert calls == ["a", "b", "c"]
+    assert forced.records["c"].summary["made_by"] == "c" and "seconds" in forced.records["c"].summary

@@ -1,12 +1,14 @@
 """The retraining job's bucket state: the lock admits one run at a time, the watermark finds only new manifests.
 Both run against a local folder and the real S3 server."""
 
+import gzip
 import json
 import time
 
 import pytest
 
 from geosurge import storage
+from geosurge.data.manifest import list_manifest_files
 from geosurge.orchestration.retraining import (
     BucketLock,
     LockHeld,
@@ -76,3 +78,14 @@ def test_watermark_finds_only_new_manifests(root):
     reloaded.advance(second)
     assert find_new_manifests(incoming, reloaded, s3) == []
     assert reloaded.newest_mtime >= first[0].mtime
+
+
+def test_retraining_finds_the_compressed_manifests_ingest_reads(tmp_path):
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    (incoming / "batch1.csv.gz").write_bytes(gzip.compress(b"image_id,uri,lat,lon\na,/a.jpg,1.0,2.0\n"))
+    (incoming / "notes.txt").write_text("not a manifest")
+    (incoming / "BATCH2.CSV").write_text("image_id,uri,lat,lon\nb,/b.jpg,1.0,2.0\n")
+    found = find_new_manifests(str(incoming), Watermark())
+    assert sorted(m.uri.rsplit("/", 1)[-1] for m in found) == ["BATCH2.CSV", "batch1.csv.gz"]
+    assert sorted(m.uri for m in found) == sorted(list_manifest_files(str(incoming)))  # one list of suffixes for both

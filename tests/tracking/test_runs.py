@@ -61,7 +61,7 @@ def test_a_driver_that_crashes_leaves_its_run_failed_so_the_rerun_continues_it(t
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     crash = textwrap.dedent(f"""
         from geosurge.config import load_config
-        from geosurge.pipeline import start_mlflow_run
+        from geosurge.tracking.runs import start_mlflow_run
         config = load_config(overrides=["output_dir={tmp_path}", "run_name=crashy",
                                         "tracking.tracking_uri={tracking_uri}"])
         print("RUN", start_mlflow_run(config).info.run_id, flush=True)

@@ -94,7 +94,8 @@ import sys
 import mlflow
 from geosurge.config import load_config
 from geosurge.geo.geocells import GeocellHierarchy
-from geosurge.pipeline import init_ray, start_mlflow_run
+from geosurge.runtime import init_ray
+from geosurge.tracking.runs import start_mlflow_run
 from geosurge.train.trainer import train
 
 shards_uri, hierarchy_uri, *overrides = sys.argv[1:]

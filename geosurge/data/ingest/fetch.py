@@ -1,0 +1,174 @@
+"""The per-chunk Ray Data stages: fetch + decode (a thread pool per task), segment (an actor pool), write."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from geosurge import storage
+from geosurge.data.images import (
+    ImageRejected,
+    ImageSpec,
+    decode_image,
+    decode_jpeg,
+    decode_label_map,
+    encode_jpeg,
+)
+from geosurge.data.ingest.plan import CHUNK, ORDER, RETRIES, ROW
+from geosurge.data.ingest.resume import part_name
+from geosurge.data.manifest import (
+    DECODE_STAGE,
+    FETCH_STAGE,
+    QUARANTINE_SCHEMA,
+    validate_rows,
+)
+from geosurge.geo.geocells import GeocellHierarchy
+from geosurge.layout import IngestLayout
+from geosurge.segmentation.segmenter import Segmenter
+
+STATUS_COLUMNS = ["stage", "reason", "detail"]
+_INTERNAL = [CHUNK, ROW, ORDER, RETRIES]
+
+
+def fetch_decode_chunks(batch: pa.Table, layout: IngestLayout, tag: str, has_duplicates: bool, spec: ImageSpec,
+                        s3: storage.S3Config | None, policy: storage.RetryPolicy, concurrency: int,
+                        label_grid: int | None = None) -> pa.Table:
+    """Ray Data UDF, one input row per chunk: read the staged chunk (of the manifest staged under `tag`),
+    validate it (manifest checks + the global duplicate list), fetch and decode the images of the valid rows on
+    `concurrency` threads.
+
+    Every row of the chunk comes out, with `image` (and with `label_grid`, the ground-truth `label_map` read from
+    `label_uri`), `stage`/`reason`/`detail` (null when the row is fine) and `_retries`."""
+    fetcher = storage.Fetcher(s3, policy, pool_size=concurrency)
+    out = []
+    for name in batch.column("chunk").to_pylist():
+        staged, chunk_retries = storage.with_retries(
+            lambda name=name: _read_parquet(layout.staged_chunk(tag, name), s3), policy, name)
+        known = pa.nulls(staged.num_rows, pa.string())
+        if has_duplicates:
+            dups, more = storage.with_retries(lambda name=name: _chunk_duplicates(layout.duplicates(tag), name, s3),
+                                              policy, name)
+            chunk_retries += more
+            if dups.num_rows:
+                detail = np.full(staged.num_rows, None, dtype=object)
+                detail[dups.column(ROW).to_numpy()] = dups.column("detail").to_numpy(zero_copy_only=False)
+                known = pa.array(detail, pa.string())
+        rows = _fetch_rows(validate_rows(staged, known_duplicates=known), fetcher, spec, concurrency, label_grid)
+        if chunk_retries and rows.num_rows:  # the chunk's own reads: counted on its first row
+            retries = rows.column(RETRIES).to_numpy().copy()
+            retries[0] += chunk_retries
+            rows = rows.set_column(rows.schema.get_field_index(RETRIES), RETRIES, pa.array(retries, pa.int32()))
+        out.append(rows)
+    return pa.concat_tables(out, promote_options="permissive")
+
+
+def _read_parquet(uri: str, s3: storage.S3Config | None) -> pa.Table:
+    fs, path = storage.resolve(uri, s3)
+    return pq.read_table(path, filesystem=fs)
+
+
+def _chunk_duplicates(duplicates_uri: str, name: str, s3: storage.S3Config | None) -> pa.Table:
+    fs, path = storage.resolve(duplicates_uri, s3)
+    return pads.dataset(path, filesystem=fs, format="parquet").to_table(filter=pc.field(CHUNK) == name)
+
+
+def _fetch_rows(rows: pa.Table, fetcher: storage.Fetcher, spec: ImageSpec, concurrency: int,
+                label_grid: int | None) -> pa.Table:
+    n = rows.num_rows
+    reasons = rows.column("reason").to_pylist()
+    stages, details = rows.column("stage").to_pylist(), rows.column("detail").to_pylist()
+    uris = rows.column("uri").to_pylist()
+    label_uris = rows.column("label_uri").to_pylist() if label_grid else [None] * n
+    images: list[bytes | None] = [None] * n
+    label_maps: list[bytes | None] = [None] * n
+    retries = [0] * n
+
+    def one(i: int) -> None:
+        try:
+            data, retries[i] = fetcher.read(uris[i])
+            images[i] = encode_jpeg(decode_image(data, spec))
+            if label_grid:
+                data, more = fetcher.read(label_uris[i])
+                retries[i] += more
+                label_maps[i] = decode_label_map(data, spec, label_grid).tobytes()
+        except storage.FetchFailed as e:
+            reasons[i], details[i], stages[i] = e.reason, e.detail, FETCH_STAGE
+            retries[i] += e.retries
+            images[i] = None
+        except ImageRejected as e:
+            reasons[i], details[i], stages[i] = e.reason, e.detail, DECODE_STAGE
+            images[i] = None
+
+    todo = [i for i in range(n) if reasons[i] is None]
+    if todo:
+        with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(todo)))) as pool:
+            list(pool.map(one, todo))
+    rows = rows.drop_columns(STATUS_COLUMNS).append_column("image", pa.array(images, pa.binary()))
+    if label_grid:
+        grid = pa.array([label_grid if m is not None else None for m in label_maps], pa.int32())
+        rows = rows.append_column("label_map", pa.array(label_maps, pa.binary())).append_column("label_grid", grid)
+    return (rows.append_column("stage", pa.array(stages, pa.string()))
+            .append_column("reason", pa.array(reasons, pa.string()))
+            .append_column("detail", pa.array(details, pa.string()))
+            .append_column(RETRIES, pa.array(retries, pa.int32())))
+
+
+class SegmentLabelMaps:
+    """Ray Data actor: one segmentation model per actor, label maps for the rows of a block that decoded (the
+    others pass through untouched), `batch_size` images at a time."""
+
+    def __init__(self, segmenter: str, grid: int, batch_size: int = 32):
+        self.segmenter = Segmenter(segmenter, grid)
+        self.grid = grid
+        self.batch_size = batch_size
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        ok = np.flatnonzero(batch.column("reason").is_null().to_numpy(zero_copy_only=False))
+        images = batch.column("image").to_pylist()
+        maps: list[bytes | None] = [None] * batch.num_rows
+        for start in range(0, len(ok), self.batch_size):
+            idx = ok[start:start + self.batch_size]
+            labels = self.segmenter.label_maps(np.stack([decode_jpeg(images[i]) for i in idx]))
+            for i, m in zip(idx, labels):
+                maps[i] = m.tobytes()
+        grid = pa.array([self.grid if m is not None else None for m in maps], pa.int32())
+        return batch.append_column("label_map", pa.array(maps, pa.binary())).append_column("label_grid", grid)
+
+
+def write_chunk_parts(batch: pa.Table, shards_uri: str, quarantine_uri: str, s3: storage.S3Config | None,
+                      policy: storage.RetryPolicy, hierarchy: GeocellHierarchy | None = None) -> pa.Table:
+    """Ray Data UDF: write each chunk's rows of this block, shard rows and quarantine rows, one Parquet file each,
+    named by `part_name` (`<chunk>_<first row:05d>.parquet`, so a retried task rewrites the same file). Returns one
+    summary row per chunk for the driver's progress and retry count."""
+    summary = []
+    chunks = batch.column(CHUNK)
+    for name in pc.unique(chunks).to_pylist():
+        rows = batch.filter(pc.equal(chunks, name))
+        part = part_name(name, pc.min(rows.column(ROW)).as_py())
+        failed = pc.is_valid(rows.column("reason"))
+        retries = int(pc.sum(rows.column(RETRIES)).as_py() or 0)
+        ok = rows.filter(pc.invert(failed))
+        if ok.num_rows:
+            ok = ok.drop_columns([c for c in [*STATUS_COLUMNS, *_INTERNAL] if c in ok.column_names])
+            if hierarchy is not None:
+                cells = hierarchy.assign(ok.column("lat").to_numpy(), ok.column("lon").to_numpy())
+                offsets = pa.array(np.arange(0, cells.size + 1, cells.shape[1], dtype=np.int32))
+                ok = ok.append_column("cells", pa.ListArray.from_arrays(offsets, pa.array(cells.ravel(), pa.int64())))
+            retries += storage.write_parquet(ok, storage.join(shards_uri, part), s3, policy)
+        bad = rows.filter(failed)
+        reasons: dict[str, int] = {}
+        if bad.num_rows:
+            bad = bad.select(QUARANTINE_SCHEMA.names).cast(QUARANTINE_SCHEMA)
+            retries += storage.write_parquet(bad, storage.join(quarantine_uri, part), s3, policy)
+            reasons = dict(zip(*np.unique(bad.column("reason").to_numpy(zero_copy_only=False), return_counts=True)))
+        summary.append({"chunk": name, "rows": rows.num_rows, "shard_rows": ok.num_rows, "retries": retries,
+                        "reasons": json.dumps({str(k): int(v) for k, v in reasons.items()})})
+    return pa.Table.from_pylist(summary, schema=pa.schema([("chunk", pa.string()), ("rows", pa.int64()),
+                                                           ("shard_rows", pa.int64()), ("retries", pa.int64()),
+                                                           ("reasons", pa.string())]))

@@ -1,0 +1,237 @@
+"""The full pipeline, stage by stage (what `workflows/full_pipeline.py` runs):
+
+GeoWorld (synthetic images) → segmenter (trained on GeoWorld's label maps, when ingest.segmenter=geoworld)
+→ geocells (from the manifest's training coordinates) → ingest (Ray Data: fetch, decode, segment, cells →
+shards + quarantine) → train (Ray Train + DeepSpeed) → register (evaluate the test split, MLflow run, new
+version at @challenger) → eval job (challenger vs @champion on the fixed benchmarks; promote if better).
+
+Every stage records what it made and the hash of the config that made it (`<data_root>/_stages/`): a rerun
+skips finished stages and redoes the ones whose config (or whose inputs) changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import time
+
+import mlflow
+import numpy as np
+
+from geosurge.config import PipelineConfig
+from geosurge.data.geoworld import generate_geoworld
+from geosurge.data.manifest import manifest_coordinates
+from geosurge.eval.evaluate import baseline_metrics, evaluate_split
+from geosurge.geo.geocells import GeocellHierarchy
+from geosurge.geo.metrics import format_metrics_table
+from geosurge.layout import DataRoot, RunFolder
+from geosurge.models import create_model
+from geosurge.orchestration.ledger import (
+    StageLedger,
+    StageRecord,
+    StageRunner,
+    stage_key,
+)
+from geosurge.orchestration.steps import (
+    evaluate_version,
+    ingest_manifests,
+    register_model,
+    train_model,
+)
+from geosurge.runtime import init_ray
+from geosurge.segmentation.segmenter import (
+    GEOWORLD_SEGMENTER,
+    GROUND_TRUTH_SEGMENTER,
+    RANDOM_SEGMENTER,
+    Segmenter,
+)
+from geosurge.tracking.runs import start_mlflow_run
+from geosurge.train.segmenter import train_geoworld_segmenter
+from geosurge.train.trainer import consolidated_state_dict
+
+STAGES = ["geoworld", "segmenter", "geocells", "ingest", "train", "register", "evaluate"]
+
+
+def stage_keys(config: PipelineConfig) -> dict[str, str]:
+    """Each stage's key: the config sections it reads and the keys of the stages it consumes."""
+    c = dataclasses.asdict(config)
+    k = {"geoworld": stage_key(c["geoworld"], c["data_root"])}
+    k["segmenter"] = stage_key(c["segmenter"], c["ingest"]["image_size"], c["ingest"]["label_grid"], k["geoworld"])
+    k["geocells"] = stage_key(c["geocells"], k["geoworld"])
+    segmenter_key = k["segmenter"] if config.ingest.segmenter == GEOWORLD_SEGMENTER else None
+    k["ingest"] = stage_key(c["ingest"], k["geoworld"], k["geocells"], segmenter_key)
+    k["train"] = stage_key(c["model"], c["train"], k["ingest"])
+    k["register"] = stage_key(c["eval"]["split"], c["eval"]["top_k"], c["tracking"], k["train"])
+    k["evaluate"] = stage_key(c["eval"], k["register"])
+    assert list(k) == STAGES
+    return k
+
+
+def check_pipeline_config(config: PipelineConfig) -> None:
+    """Settings the full pipeline refuses before it starts anything."""
+    if config.ingest.segmenter == GROUND_TRUTH_SEGMENTER:
+        raise ValueError("ingest.segmenter=ground_truth is an oracle for benchmarks: the registered model "
+                         "would have no segmenter for new photos")
+
+
+def run_pipeline(config: PipelineConfig, force: list[str] | None = None) -> int:
+    """Run (or finish) every stage of the pipeline for `config`; `force` redoes the named stages and everything
+    after them. Prints a summary at the end; returns the exit code."""
+    check_pipeline_config(config)
+    started = time.time()
+    keys = stage_keys(config)
+    stages = StageRunner(StageLedger(config.resolved_data_root, config.s3), keys, force)
+    print(f"GeoSURGE pipeline '{config.run_name}' (config {config.fingerprint()}); data root {config.resolved_data_root}")
+    if stages.all_done:
+        print("every stage is recorded as done with this config: nothing to do (--force STAGE redoes one)")
+        return summarise(config, stages.records, started)
+
+    init_ray(config)
+    job = PipelineJob(config, keys, start_mlflow_run(config))
+    job.manifest_uri = stages.run("geoworld", "synthetic geotagged images", job.make_geoworld).outputs["manifest"]
+    job.use_segmenter(stages.run("segmenter", f"ingest.segmenter={config.ingest.segmenter}", job.make_segmenter))
+    stages.run("geocells", "adaptive H3 hierarchy from the training coordinates", job.make_geocells)
+    job.load_geocells()
+    job.shards_uri = stages.run("ingest", "Ray Data fetch → decode → segment → cells → shards",
+                                job.make_shards).outputs["shards"]
+    tc = config.train
+    job.checkpoint = stages.run("train", f"Ray Train × {tc.num_workers} workers, DeepSpeed ZeRO-{tc.zero_stage}",
+                                job.make_checkpoint).outputs["checkpoint"]
+    job.version = stages.run("register", f"evaluate the '{config.eval.split}' split, new version at "
+                             f"@{config.tracking.alias}", job.make_version).summary["version"]
+    mlflow.end_run()
+    stages.run("evaluate", f"version {job.version} vs @{config.eval.champion_alias} on "
+               f"{[b.name for b in config.eval.benchmarks]}", job.make_decision)
+    return summarise(config, stages.records, started)
+
+
+Made = tuple[dict[str, str], dict]  # a stage's (outputs by name → URI, summary)
+
+
+class PipelineJob:
+    """The stages' bodies, and what each hands the next (the manifest, segmenter, geocells, shards, checkpoint,
+    version). Each `make_*` runs only when its stage is not recorded as done; `run_pipeline` fills the hand-offs
+    from the stage records either way."""
+
+    def __init__(self, config: PipelineConfig, keys: dict[str, str], run):
+        self.config, self.keys, self.run = config, keys, run
+        self.root, self.s3 = DataRoot(config.resolved_data_root), config.s3
+        self.manifest_uri = self.shards_uri = self.checkpoint = self.version = ""
+        self.ingest_config = config.ingest
+        self.hierarchy: GeocellHierarchy | None = None
+
+    @functools.cached_property
+    def train_coordinates(self) -> tuple[np.ndarray, np.ndarray]:
+        """The manifest's training coordinates, read once: the geocells and the median-guess baseline use them."""
+        return manifest_coordinates(self.manifest_uri, "train", self.s3)
+
+    def make_geoworld(self) -> Made:
+        manifest_uri = generate_geoworld(self.config.geoworld, self.root.geoworld, self.s3)
+        return {"manifest": manifest_uri}, {"images": self.config.geoworld.num_images}
+
+    def make_segmenter(self) -> Made:
+        config = self.config
+        if config.ingest.segmenter != GEOWORLD_SEGMENTER:
+            return {}, {"spec": config.ingest.segmenter, "trained_here": False}
+        folder = RunFolder(config.output_dir).segmenter(self.keys["segmenter"])
+        seg_config = dataclasses.replace(config.segmenter, image_size=config.ingest.image_size,
+                                         label_grid=config.ingest.label_grid)
+        result = train_geoworld_segmenter(self.manifest_uri, folder, seg_config, self.s3)  # prints its progress
+        mlflow.log_dict(result.to_dict(), "segmenter_metrics.json")
+        mlflow.log_metrics({"segmenter_val_miou": result.val.miou, "segmenter_val_pixel_accuracy": result.val.pixel_accuracy,
+                            "segmenter_val_grid_accuracy": result.val.grid_accuracy})
+        return {"folder": folder}, {"spec": folder, "trained_here": True, "val_miou": result.val.miou,
+                                    "majority_baseline_miou": result.majority_baseline.miou}
+
+    def use_segmenter(self, record: StageRecord) -> None:
+        """Ingest (and the registered model) segment with the segmenter stage's result."""
+        spec = record.summary["spec"]
+        self.ingest_config = dataclasses.replace(self.config.ingest, segmenter=spec)
+        if spec == RANDOM_SEGMENTER:
+            print("WARNING: the segmenter is a RANDOMLY INITIALISED SegFormer: label maps carry no meaning "
+                  "(set ingest.segmenter=geoworld to train one here, or a hub id / checkpoint folder).")
+        mlflow.set_tags({"segmenter": spec, "segmenter_random_init": str(spec == RANDOM_SEGMENTER)})
+
+    def make_geocells(self) -> Made:
+        g, (lat, lon) = self.config.geocells, self.train_coordinates
+        hierarchy = GeocellHierarchy.build(lat, lon, g.tau_max, g.tau_min, g.max_resolution)
+        hierarchy.save(self.root.geocells, self.s3)
+        print(f"{hierarchy} from {len(lat)} training coordinates → {self.root.geocells}")
+        return {"geocells": self.root.geocells}, {"cells_per_level": list(hierarchy.num_cells)}
+
+    def load_geocells(self) -> None:
+        self.hierarchy = GeocellHierarchy.load(self.root.geocells, self.s3)
+        mlflow.log_params({f"geocells.num_cells.level{i}": n for i, n in enumerate(self.hierarchy.num_cells)})
+
+    def make_shards(self) -> Made:
+        totals = ingest_manifests([self.manifest_uri], self.root.ingest, self.ingest_config, self.s3, self.hierarchy)
+        return ({"shards": totals.shards_uri, "quarantine": totals.quarantine_uri},
+                {"rows_in": totals.rows_in, "shard_rows": totals.shard_rows,
+                 "quarantined_by_reason": totals.quarantined_by_reason})
+
+    def make_checkpoint(self) -> Made:
+        # Ray Train resumes a run name's latest checkpoint: a changed config must not resume an older one
+        train_config = dataclasses.replace(self.config, run_name=f"{self.config.run_name}-{self.keys['train'][:8]}")
+        trained = train_model(train_config, self.shards_uri, self.hierarchy, self.root.geocells, self.run.info.run_id)
+        return {"checkpoint": trained.checkpoint_path}, {
+            k: v for k, v in trained.metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+    def make_version(self) -> Made:
+        config, split = self.config, self.config.eval.split
+        state_dict = consolidated_state_dict(self.checkpoint)
+        model = create_model(config.model, self.hierarchy)
+        model.load_state_dict(state_dict)
+        metrics, predictions = evaluate_split(model, self.shards_uri, split, self.s3, config.eval.top_k,
+                                              config.eval.batch_size)
+        reference = baseline_metrics(*self.train_coordinates, predictions.lat.to_numpy(), predictions.lon.to_numpy())
+        mlflow.log_metrics({f"{split}_{k}": float(v) for k, v in metrics.items()})
+        mlflow.log_metrics({f"{split}_median_guess_{k}": float(v) for k, v in reference.items()})
+        mlflow.log_table(predictions, f"predictions_{split}.json")
+        print(format_metrics_table({f"{config.model.name} ({split}, n={metrics['n']:.0f})": metrics,
+                                    "median-coordinate guess": reference}))
+        registered = dataclasses.replace(config, ingest=self.ingest_config)  # the segmenter the model was trained with
+        segmenter = Segmenter(self.ingest_config.segmenter, config.ingest.label_grid)
+        model_uri, version = register_model(state_dict, registered, self.hierarchy, segmenter, self.shards_uri, split)
+        return {}, {"version": version, "model_uri": model_uri, "mlflow_run_id": self.run.info.run_id,
+                    "metrics": metrics, "median_guess": reference}
+
+    def make_decision(self) -> Made:
+        outcome = evaluate_version(self.config, self.version)
+        decision = outcome.decision.to_dict() if outcome.decision else {}
+        return {}, {"decision": decision, "alias_moved": outcome.alias_moved, "eval_run_id": outcome.run_id}
+
+
+def summarise(config: PipelineConfig, records: dict[str, StageRecord], started: float) -> int:
+    """The final report: counts, metrics, the model version and its aliases, and where everything is."""
+    from mlflow.tracking import MlflowClient
+
+    register, ingested = records["register"].summary, records["ingest"].summary
+    name = config.tracking.registered_model
+    client = MlflowClient(config.resolved_tracking_uri)
+    aliases = sorted(client.get_registered_model(name).aliases.items())
+    print(f"\n=== done in {time.time() - started:.0f} s ===")
+    reasons = ", ".join(f"{k}={v}" for k, v in sorted(ingested["quarantined_by_reason"].items())) or "none"
+    print(f"ingest: {ingested['rows_in']} in = {ingested['shard_rows']} in shards + "
+          f"{sum(ingested['quarantined_by_reason'].values())} quarantined ({reasons})")
+    print(format_metrics_table({f"{config.model.name} v{register['version']} ({config.eval.split})": register["metrics"],
+                                "median-coordinate guess": register["median_guess"]}))
+    if records["segmenter"].summary["spec"] == RANDOM_SEGMENTER:
+        print("(semantic label maps came from a randomly initialised segmenter)")
+    decision = records["evaluate"].summary["decision"]
+    print(f"promotion: {decision.get('action')} — {decision.get('reason')}")
+    print(json.dumps({
+        "data_root": config.resolved_data_root,
+        "manifest": records["geoworld"].outputs["manifest"],
+        "segmenter": records["segmenter"].summary["spec"],
+        "geocells": records["geocells"].outputs["geocells"],
+        "shards": records["ingest"].outputs["shards"],
+        "quarantine": records["ingest"].outputs["quarantine"],
+        "checkpoint": records["train"].outputs["checkpoint"],
+        "mlflow_tracking_uri": config.resolved_tracking_uri,
+        "mlflow_run_id": register["mlflow_run_id"],
+        "model": f"{register['model_uri']} (version {register['version']})",
+        "aliases": {alias: f"version {v}" for alias, v in aliases},
+        "stages": {n: r.key for n, r in records.items()},
+    }, indent=2))
+    return 0

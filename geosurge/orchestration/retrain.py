@@ -1,0 +1,148 @@
+"""Scheduled retraining on new imagery (what `workflows/retrain.py` runs):
+
+lock (one run at a time, in the bucket) → new manifests under `retrain.incoming` since the watermark → ingest
+only those (Ray Data; cells from the champion's fixed geocell hierarchy) → fine-tune from `@champion` on all
+shards (Ray Train + DeepSpeed) → register a new version as `@challenger` → eval job on the fixed benchmarks →
+promote to `@champion` only if better → advance the watermark → release the lock.
+
+Exit codes: 0 done (or nothing new: says so), 75 another retraining run holds the lock, 1 error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import time
+
+import mlflow
+import torch
+
+from geosurge import storage
+from geosurge.config import PipelineConfig
+from geosurge.layout import DataRoot
+from geosurge.orchestration.retraining import (
+    BucketLock,
+    IncomingManifest,
+    LockHeld,
+    Watermark,
+    find_new_manifests,
+)
+from geosurge.orchestration.steps import (
+    evaluate_version,
+    header,
+    ingest_manifests,
+    register_model,
+    train_model,
+)
+from geosurge.runtime import init_ray
+from geosurge.serving import GeoLocator
+from geosurge.tracking.registry import load_locator
+from geosurge.tracking.runs import start_mlflow_run
+from geosurge.train.trainer import consolidated_state_dict
+
+EXIT_LOCKED = 75  # EX_TEMPFAIL: try again later
+
+
+def run_retrain(config: PipelineConfig) -> int:
+    """One retraining run under the bucket lock; returns the exit code."""
+    root = DataRoot(config.resolved_data_root)
+    lock = BucketLock(root.retrain_lock, config.retrain.lock_ttl_s, config.s3)
+    try:
+        lock.acquire()
+    except LockHeld as e:
+        print(f"another retraining run is in progress, so this one does nothing: {e}", flush=True)
+        return EXIT_LOCKED
+    try:
+        return retrain(config, root)
+    finally:
+        lock.release()
+
+
+def fine_tune_config(config: PipelineConfig, champion: GeoLocator, new: list[IncomingManifest],
+                     init_weights: str) -> PipelineConfig:
+    """The run's config for fine-tuning the champion: the model, its input size, segmenter and geocells stay the
+    champion's (so versions stay comparable); epochs and lr come from `retrain`; training starts from
+    `init_weights`. The run name is fixed by the new manifests, so a killed run resubmitted for the same new
+    imagery resumes its training instead of starting over."""
+    digest = hashlib.sha256(" ".join(m.uri for m in new).encode()).hexdigest()[:8]
+    return dataclasses.replace(
+        config,
+        run_name=f"{config.run_name}-retrain-{digest}",
+        model=champion.config.model,
+        geocells=champion.config.geocells,
+        ingest=dataclasses.replace(config.ingest, image_size=champion.config.ingest.image_size,
+                                   label_grid=champion.config.ingest.label_grid,
+                                   segmenter=champion.config.ingest.segmenter),
+        train=dataclasses.replace(config.train, epochs=config.retrain.epochs, lr=config.retrain.lr,
+                                  init_weights=init_weights),
+    )
+
+
+def retrain(config: PipelineConfig, root: DataRoot) -> int:
+    started = time.time()
+    s3 = config.s3
+    incoming = config.retrain.incoming or root.incoming
+    watermark = Watermark.load(root.retrain_watermark, s3)
+    new = find_new_manifests(incoming, watermark, s3)
+    if not new:
+        print(f"no new imagery under {incoming} since the watermark ({len(watermark.ingested)} manifest(s) "
+              f"ingested before): nothing to do", flush=True)
+        return 0
+    print(f"{len(new)} new manifest(s) under {incoming}:" + "".join(f"\n  {m.uri}" for m in new), flush=True)
+
+    init_ray(config)
+    mlflow.set_tracking_uri(config.resolved_tracking_uri)
+    name = config.tracking.registered_model
+    champion_uri = f"models:/{name}@{config.eval.champion_alias}"
+    t = header(f"1/5 load the champion {champion_uri}")
+    try:
+        champion_version = mlflow.MlflowClient().get_model_version_by_alias(name, config.eval.champion_alias).version
+    except mlflow.exceptions.MlflowException as e:
+        raise SystemExit(f"retrain: no {champion_uri} in {config.resolved_tracking_uri} to fine-tune from: run "
+                         f"workflows/full_pipeline.py first (its eval step names the first champion). ({e.message})")
+    champion = load_locator(f"models:/{name}/{champion_version}")
+    hierarchy, hierarchy_uri = champion.hierarchy, root.champion_geocells(champion_version)
+    hierarchy.save(hierarchy_uri, s3)
+    init_uri = root.champion_weights(champion_version)
+    buffer = io.BytesIO()
+    torch.save(champion.model.state_dict(), buffer)
+    storage.write_bytes(init_uri, buffer.getvalue(), s3)
+    config = fine_tune_config(config, champion, new, init_uri)
+    print(f"champion version {champion_version}: {config.model.name}, {hierarchy} ({time.time() - t:.1f} s)")
+
+    run = start_mlflow_run(config)
+    mlflow.set_tags({"geosurge.job": "retrain", "retrain.parent_version": str(champion_version),
+                     "retrain.manifests": json.dumps([m.uri for m in new])[:5000]})
+
+    header("2/5 ingest only the new imagery (Ray Data)")
+    totals = ingest_manifests([m.uri for m in new], root.ingest, config.ingest, s3, hierarchy, "retrain_new")
+
+    t = header(f"3/5 fine-tune from version {champion_version} on all shards, {config.train.epochs} epoch(s)")
+    trained = train_model(config, totals.shards_uri, hierarchy, hierarchy_uri, run.info.run_id)
+    state_dict = consolidated_state_dict(trained.checkpoint_path)
+    print(f"checkpoint: {trained.checkpoint_path} ({time.time() - t:.1f} s)")
+
+    header("4/5 register the fine-tuned model as the challenger")
+    _, version = register_model(state_dict, config, hierarchy, champion.segmenter, totals.shards_uri, "train",
+                                tags={"retrain.parent_version": str(champion_version)})
+
+    header("5/5 evaluate challenger vs champion on the fixed benchmarks; promote only if better")
+    outcome = evaluate_version(config, version)
+    mlflow.end_run()
+
+    watermark.advance(new)
+    watermark.save(root.retrain_watermark, s3)
+    print(f"\n=== retraining done in {time.time() - started:.0f} s ===")
+    print(json.dumps({
+        "new_manifests": [m.uri for m in new],
+        "new_rows_in": totals.rows_in,
+        "new_shard_rows": totals.shard_rows,
+        "parent_version": str(champion_version),
+        "new_version": version,
+        "promoted": bool(outcome.alias_moved),
+        "watermark": root.retrain_watermark,
+        "mlflow_run_id": run.info.run_id,
+    }, indent=2))
+    return 0

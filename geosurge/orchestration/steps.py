@@ -1,0 +1,99 @@
+"""The steps both workflows take: ingest (Ray Data) → train (Ray Train + DeepSpeed) → register (MLflow) → eval job.
+
+`orchestration.pipeline` (the full pipeline) and `orchestration.retrain` (scheduled retraining) are each a list of
+these steps with their own bookkeeping around them (stage records; the lock and watermark). Each step runs inside
+the caller's active MLflow run, prints what it did, and returns what the next step needs.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from geosurge.config import IngestConfig, PipelineConfig
+from geosurge.data.ingest import IngestResult, ingest
+from geosurge.data.shards import read_split
+from geosurge.eval.job import EvalOutcome, run_eval_job
+from geosurge.geo.geocells import GeocellHierarchy
+from geosurge.layout import IngestLayout
+from geosurge.segmentation.segmenter import Segmenter
+from geosurge.tracking.registry import log_and_register
+from geosurge.train.trainer import TrainResult, train
+
+
+def header(title: str) -> float:
+    """A step's header line; returns its start time."""
+    print(f"\n=== {title} ===", flush=True)
+    return time.time()
+
+
+@dataclass
+class IngestTotals:
+    """What one ingest step added to the shards, over every manifest it ingested."""
+
+    shards_uri: str
+    quarantine_uri: str
+    rows_in: int = 0
+    shard_rows: int = 0
+    quarantined_by_reason: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    reports: list[dict] = field(default_factory=list)
+
+    def add(self, result: IngestResult) -> None:
+        self.rows_in += result.rows_in
+        self.shard_rows += result.shard_rows
+        for reason, n in result.quarantined_by_reason.items():
+            self.quarantined_by_reason[reason] = self.quarantined_by_reason.get(reason, 0) + n
+        self.seconds += result.seconds
+        self.reports.append(result.to_dict())
+
+    @property
+    def quarantined(self) -> int:
+        return sum(self.quarantined_by_reason.values())
+
+
+def ingest_manifests(manifests: list[str], output: IngestLayout, config: IngestConfig, s3,
+                     hierarchy: GeocellHierarchy, metric_prefix: str = "ingest") -> IngestTotals:
+    """Ingest each manifest into the one shared output (resumable; each prints its own summary) and log the
+    totals to the active MLflow run as `<metric_prefix>_rows_in`, `_shard_rows`, `_quarantined`, `_seconds`."""
+    totals = IngestTotals(shards_uri=output.shards, quarantine_uri=output.quarantine)
+    for manifest in manifests:
+        totals.add(ingest(manifest, output.root, config, s3, hierarchy=hierarchy))
+    mlflow.log_metrics({f"{metric_prefix}_rows_in": totals.rows_in, f"{metric_prefix}_shard_rows": totals.shard_rows,
+                        f"{metric_prefix}_quarantined": totals.quarantined, f"{metric_prefix}_seconds": totals.seconds})
+    mlflow.log_dict(totals.reports[0] if len(totals.reports) == 1 else {"manifests": totals.reports},
+                    f"{metric_prefix}_report.json")
+    return totals
+
+
+def train_model(config: PipelineConfig, shards_uri: str, hierarchy: GeocellHierarchy, hierarchy_uri: str,
+                mlflow_run_id: str) -> TrainResult:
+    """Ray Train + DeepSpeed on the shards' train split (resumes the run name's latest checkpoint)."""
+    trained = train(config, shards_uri, hierarchy, hierarchy_uri, mlflow_run_id=mlflow_run_id)
+    print(f"best checkpoint (epoch {trained.metrics.get('epoch')}, val_loss "
+          f"{trained.metrics.get('val_loss', float('nan')):.4f}): {trained.checkpoint_path}", flush=True)
+    return trained
+
+
+def register_model(state_dict: dict, config: PipelineConfig, hierarchy: GeocellHierarchy, segmenter: Segmenter,
+                   shards_uri: str, example_split: str, tags: dict[str, str] | None = None) -> tuple[str, str]:
+    """Log the model (with one shard image as its input example) in the active MLflow run, register a new
+    version at `tracking.alias` and tag it; returns (model URI by alias, version)."""
+    example_image = read_split(shards_uri, example_split, config.s3).take(1)[0]["image"]
+    model_uri, version = log_and_register(state_dict, config, hierarchy, segmenter, example_image)
+    for key, value in (tags or {}).items():
+        MlflowClient().set_model_version_tag(config.tracking.registered_model, version, key, value)
+    print(f"registered {config.tracking.registered_model} version {version} as {model_uri}", flush=True)
+    return model_uri, version
+
+
+def evaluate_version(config: PipelineConfig, version: str) -> EvalOutcome:
+    """The eval job on a registered version: against @champion on the fixed benchmarks; promote it if better."""
+    outcome = run_eval_job(config, f"models:/{config.tracking.registered_model}/{version}")
+    print(outcome.table())
+    decision = outcome.decision
+    print(f"decision: {decision.action if decision else 'none'} — {decision.reason if decision else ''}", flush=True)
+    return outcome
