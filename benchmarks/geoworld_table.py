@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         t = time.time()
         hierarchy, hierarchy_uri = hierarchies[which], storage.join(root, f"geocells_{which}.parquet")
         result = train(config, shards.shards_uri, hierarchy, hierarchy_uri)
-        model = create_model(config.model, hierarchy)
+        model = create_model(config.model, hierarchy, pretrained=False)  # the trained weights follow
         model.load_state_dict(consolidated_state_dict(result.checkpoint_path))
         metrics, predictions = evaluate_split(model, shards.shards_uri, "test", config.s3)
         metrics["train_seconds"] = time.time() - t

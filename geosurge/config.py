@@ -111,8 +111,9 @@ class IngestConfig:
     fetch_max_backoff_s: float = 30.0
     fetch_timeout_s: float = 30.0  # connect and per-request timeout
     progress_interval_s: float = 10.0  # a progress line (rows done / total, images/s) at most this often
-    # "auto" (from each file's header), "geosurge" (our columns) or a public CSV as published: "mp16", "im2gps3k",
-    # "yfcc4k" (IMG_ID, LAT, LON, S*_Label, ...; streamed like ours, never converted first)
+    # "auto" (from each file's header), "geosurge" (our columns), a public CSV as published: "mp16", "im2gps",
+    # "im2gps3k", "yfcc4k", "yfcc26k", "gws15k" (IMG_ID, LAT, LON, S*_Label, ...), or "img2dataset" (url, lat, lon);
+    # streamed like ours, never converted first
     manifest_format: str = "auto"
     # public formats: image uri = images_root/IMG_ID; None: the folder holding each manifest file
     images_root: str | None = None
@@ -176,6 +177,9 @@ class ModelConfig:
     backbone: str = "vit_tiny_patch16_224"
     backbone_kwargs: dict[str, Any] = field(default_factory=lambda: {"img_size": 64, "patch_size": 8, "depth": 4})
     pretrained: bool = False  # True: hub weights (needs internet); efficientnet_lite0 loads the weights its package ships
+    # a backbone weights file (local or s3://; safetensors or a torch state dict) staged for clusters without
+    # internet; loaded instead of the hub weights (see README, "Train on MP-16")
+    pretrained_file: str | None = None
     trainable_blocks: int | None = None  # None: whole backbone trains; K: all but the last K blocks frozen
     embed_dim: int = 128
     fusion: bool = True
@@ -246,7 +250,8 @@ class BenchmarkConfig:
 
     name: str = "geoworld_test"
     manifest: str | None = None  # URI (local, file://, s3://); None: the pipeline's GeoWorld manifest
-    format: str = "auto"  # auto | geosurge | geoworld (our own columns) | im2gps3k | yfcc4k | mp16
+    # auto | geosurge | geoworld (our own columns) | im2gps | im2gps3k | yfcc4k | yfcc26k | gws15k | mp16 | img2dataset
+    format: str = "auto"
     images_root: str | None = None  # public CSVs: the folder IMG_ID is relative to; None: the CSV's folder
     split: str | None = None  # keep only rows of this split (GeoWorld: train / val / test); None: every row
 
@@ -256,6 +261,7 @@ class EvalConfig:
     split: str = "test"  # the split full_pipeline evaluates from its shards
     top_k: int = 5
     batch_size: int = 64  # images per inference batch (full_pipeline and the eval job)
+    ten_crop: bool = False  # ten-crop test-time augmentation (the paper's evaluation), for models that support it
     # -- the eval job (workflows/evaluate.py, geosurge.eval.job) ------------------------------------
     model_uri: str | None = None  # None: models:/<tracking.registered_model>@<tracking.alias> (the challenger)
     champion_alias: str = "champion"
@@ -289,12 +295,32 @@ class RetrainConfig:
 
 
 @dataclass
+class DataConfig:
+    """The imagery a run trains on. With no manifest, the pipeline generates a GeoWorld (the laptop default)."""
+
+    # one or more manifests: a file, a folder of them, or a list; local, s3:// or http(s)://; our columns, or
+    # MP-16 / Im2GPS3k / YFCC4k CSVs as published, or an img2dataset-style table (url, lat/lon); read with
+    # `ingest.manifest_format` and `ingest.images_root`
+    manifest: str | list[str] | None = None
+    # rows with no split of their own (MP-16, img2dataset tables) go to `val` when a hash of their image id
+    # falls under this fraction, else `train`: deterministic, the same on every machine and every rerun
+    val_fraction: float = 0.01
+
+    @property
+    def manifests(self) -> list[str]:
+        if self.manifest is None:
+            return []
+        return [self.manifest] if isinstance(self.manifest, str) else list(self.manifest)
+
+
+@dataclass
 class PipelineConfig:
     run_name: str = "demo"
     output_dir: str = "runs/demo"  # local folder for Ray results, MLflow sqlite, logs
     data_root: str | None = None  # object storage root (local folder or s3://); None: <output_dir>/store
     s3: S3Config = field(default_factory=S3Config)
     ray: RayConfig = field(default_factory=RayConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     geoworld: GeoWorldConfig = field(default_factory=GeoWorldConfig)
     ingest: IngestConfig = field(default_factory=lambda: IngestConfig(segmenter="geoworld"))
     segmenter: SegmenterTrainConfig = field(default_factory=SegmenterTrainConfig)  # ingest.segmenter=geoworld
@@ -401,7 +427,8 @@ def apply_override(d: dict[str, Any], assignment: str) -> None:
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """`--config FILE` and repeated `--set key.path=value`: how every workflow and command takes its config."""
-    parser.add_argument("--config", help="YAML file with any subset of the config")
+    parser.add_argument("--config", action="append", default=[], metavar="FILE",
+                        help="YAML file with any subset of the config; may be repeated (later files override earlier)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one value (parsed as YAML), e.g. train.epochs=2; may be repeated")
 
@@ -411,19 +438,30 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     return load_config(args.config, args.set)
 
 
-def load_config(path: str | None = None, overrides: list[str] | None = None) -> PipelineConfig:
-    """Embedded defaults, then a YAML file, then `key.path=value` overrides."""
+def load_config(paths: str | list[str] | None = None, overrides: list[str] | None = None) -> PipelineConfig:
+    """Embedded defaults, then YAML files in order (a later file overrides an earlier one), then `key.path=value`
+    overrides."""
     d = PipelineConfig().to_dict(redact_secrets=False)
-    if path:
-        _deep_update(d, yaml.safe_load(Path(path).read_text()) or {})
+    for path in [paths] if isinstance(paths, str) else paths or []:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise FileNotFoundError(f"config file {path} does not exist") from None
+        if not isinstance(loaded, dict):
+            raise ValueError(f"config file {path}: expected a mapping of config sections, got {type(loaded).__name__}")
+        _deep_update(d, loaded, PipelineConfig)
     for assignment in overrides or []:
         apply_override(d, assignment)
     return PipelineConfig.from_dict(d)
 
 
-def _deep_update(base: dict, new: dict) -> None:
+def _deep_update(base: dict, new: dict, cls: type) -> None:
+    """Merge a config file into `base` section by section. A mapping that is a value (e.g. `model.backbone_kwargs`)
+    is replaced whole, so a later file never inherits keys meant for an earlier file's backbone."""
+    hints = typing.get_type_hints(cls)
     for key, value in new.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _deep_update(base[key], value)
+        section = _dataclass_in(hints[key]) if key in hints else None
+        if section is not None and isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_update(base[key], value, section)
         else:
             base[key] = value

@@ -4,6 +4,7 @@ A data root is a local folder or an `s3://` prefix. It is the only state that th
 
     <data root>/
       geoworld/                 the generated GeoWorld (images/, labels/, manifest.parquet, geoworld.json)
+      manifests/                copies of manifests given by http(s):// URL (data.manifest), read from here
       geocells.parquet          the geocell hierarchy built from the training coordinates
       ingest/                   an ingest output (see IngestLayout): shards/, quarantine/, ...
       incoming/                 where new manifests land for scheduled retraining
@@ -13,6 +14,7 @@ A data root is a local folder or an `s3://` prefix. It is the only state that th
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +81,11 @@ class DataRoot:
     @property
     def geocells(self) -> str:
         return join(self.root, GEOCELLS_FILE)
+
+    def manifest_copy(self, url: str) -> str:
+        """Where a manifest given by URL is copied to: named by its file name and a hash of the URL."""
+        name = url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or "manifest.csv"
+        return join(self.root, "manifests", hashlib.sha1(url.encode()).hexdigest()[:8], name)
 
     @property
     def ingest(self) -> IngestLayout:

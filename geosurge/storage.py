@@ -130,6 +130,56 @@ def parent(uri: str) -> str:
     return os.path.dirname(os.path.abspath(uri))
 
 
+
+def stat(uri: str, s3: S3Config | None = None) -> dict[str, object]:
+    """What identifies one file's content without reading it: size and modification time (local, s3://), or the
+    server's ETag / Last-Modified / Content-Length (http(s)://, a HEAD request). A changed file changes this."""
+    if is_http(uri):
+        import requests
+
+        response = requests.head(uri, timeout=60, allow_redirects=True)
+        if response.status_code in (404, 410):
+            raise FileNotFoundError(f"{uri}: HTTP {response.status_code}")
+        response.raise_for_status()
+        headers = response.headers
+        return {"uri": uri, "etag": headers.get("ETag"), "modified": headers.get("Last-Modified"),
+                "size": headers.get("Content-Length")}
+    fs, path = resolve(uri, s3)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"{uri} does not exist")
+    return {"uri": uri, "size": info.size, "modified": info.mtime.timestamp() if info.mtime else None}
+
+
+def copy_from_http(url: str, dest: str, s3: S3Config | None = None, max_bytes: int = 8 << 30,
+                   timeout_s: float = 60.0) -> int:
+    """Stream `url` into `dest` (local or s3://), never more than `max_bytes`; returns the bytes copied. The copy
+    is written under a temporary name and renamed, so `dest` is whole or absent."""
+    import requests
+
+    fs, path = resolve(dest, s3)
+    folder = posixpath.dirname(path) if is_s3(dest) else os.path.dirname(path)
+    if folder:
+        fs.create_dir(folder, recursive=True)
+    tmp = f"{path}.{uuid.uuid4().hex[:8]}.partial"
+    copied = 0
+    try:
+        with requests.get(url, stream=True, timeout=timeout_s) as response:
+            if response.status_code in (404, 410):
+                raise FileNotFoundError(f"{url}: HTTP {response.status_code}")
+            response.raise_for_status()
+            with fs.open_output_stream(tmp, compression=None) as out:
+                for chunk in response.iter_content(chunk_size=1 << 20):
+                    copied += len(chunk)
+                    if copied > max_bytes:
+                        raise ValueError(f"{url} is larger than {max_bytes} bytes: not copied")
+                    out.write(chunk)
+        fs.move(tmp, path)
+    finally:
+        if fs.get_file_info(tmp).type != pafs.FileType.NotFound:
+            fs.delete_file(tmp)
+    return copied
+
 # --------------------------------------------------------------------------------------------- retries
 
 NOT_FOUND = "not_found"

@@ -167,3 +167,29 @@ def seaweed_server(tmp_path):
     server = SeaweedServer(tmp_path / "seaweedfs").start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def http_folder():
+    """`http_folder(path)` → the base URL of a static HTTP server for that folder on loopback (a free port), as a
+    web image host; stopped after the test. Quiet: no request log."""
+    import functools
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    servers = []
+
+    def serve(path: Path) -> str:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(path)))
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield serve
+    for server in servers:
+        server.shutdown()
+        server.server_close()

@@ -1,8 +1,10 @@
 """Benchmark evaluation of any MLflow model URI with Ray Data batch inference.
 
-A benchmark is a manifest (our own columns, GeoWorld's, or the public Im2GPS3k / YFCC4k CSVs) and optionally one
-split of it. Rows go through Ray Data `map_batches` into an actor pool (`ActorPoolStrategy`); each actor loads
-the model once from its URI and predicts from the image bytes it fetches with `storage.read_bytes`.
+A benchmark is a manifest in any reader format (our own columns, GeoWorld's, the public Im2GPS / Im2GPS3k /
+YFCC4k / YFCC26k CSVs as published, GWS15k in our columns; see `geosurge.data.manifest`) and optionally one split
+of it. Rows go through Ray Data `map_batches` into an actor pool (`ActorPoolStrategy`); each actor loads the model
+once from its URI and predicts from the image bytes it fetches with `storage.read_bytes` (averaged over ten crops
+when `eval.ten_crop`).
 
 Nothing is dropped silently: a row the manifest reader quarantines (bad coordinates, duplicate id, ...) or an
 image that cannot be fetched or decoded lands in `BenchmarkResult.failures` with its stage and reason, and
@@ -29,6 +31,7 @@ from geosurge.data.manifest import (
     FORMATS,
     QUARANTINE_SCHEMA,
     read_manifest,
+    resolve_images_root,
     validate_manifest,
 )
 from geosurge.geo.distance import haversine_km
@@ -53,6 +56,7 @@ class BenchmarkResult:
     rows_in: int  # manifest rows of the benchmark (its split), before validation
     warnings: list[str] = field(default_factory=list)  # from the manifest reader (e.g. a swapped LAT/LON header)
     seconds: float = 0.0
+    ten_crop: bool = False  # predictions averaged over the 10 test-time views (eval.ten_crop)
 
     @property
     def evaluated(self) -> int:
@@ -117,7 +121,9 @@ def read_benchmark(benchmark: BenchmarkConfig, config: PipelineConfig) -> tuple[
     uri = benchmark_manifest_uri(benchmark, config)
     # GeoWorld writes our own manifest columns; the reader calls that format "geosurge"
     fmt = "geosurge" if benchmark.format == "geoworld" and "geoworld" not in FORMATS else benchmark.format
-    raw, _, report = read_manifest(uri, fmt, benchmark.images_root, config.s3, validate=False)
+    # one spelling of the root everywhere: an http:// root must stay a URL, a relative path becomes absolute
+    images_root = resolve_images_root(benchmark.images_root) if benchmark.images_root else None
+    raw, _, report = read_manifest(uri, fmt, images_root, config.s3, validate=False)
     if benchmark.split is not None:
         if "split" not in raw.column_names:
             raise ValueError(f"benchmark {benchmark.name!r}: {uri} has no split column to select {benchmark.split!r}")
@@ -148,13 +154,15 @@ class Predictor:
     """Ray Data actor: loads the model once from its URI, then predicts each batch from the images' bytes.
 
     Output rows keep the input columns and add the top-1 prediction, or `stage`/`reason`/`detail` for an image
-    that could not be read (its prediction columns are null)."""
+    that could not be read (its prediction columns are null). `ten_crop`: average over the 10 test-time views."""
 
-    def __init__(self, model_uri: str, tracking_uri: str, s3: storage.S3Config | None = None):
+    def __init__(self, model_uri: str, tracking_uri: str, s3: storage.S3Config | None = None,
+                 ten_crop: bool = False):
         from geosurge.tracking.registry import load_locator
 
         self.locator = load_locator(model_uri, tracking_uri)
         self.s3 = s3
+        self.ten_crop = ten_crop
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
@@ -170,7 +178,7 @@ class Predictor:
         pred = {key: np.full(n, np.nan) for key in ("pred_lat", "pred_lon", "score")}
         pred_cell = np.full(n, -1, np.int64)
         if images:
-            out = self.locator.predict_arrays(np.stack(images), k=1)
+            out = self.locator.predict_arrays(np.stack(images), k=1, ten_crop=self.ten_crop)
             pred["pred_lat"][ok_rows] = out["lat"][:, 0]
             pred["pred_lon"][ok_rows] = out["lon"][:, 0]
             pred["score"][ok_rows] = out["score"][:, 0]
@@ -194,8 +202,9 @@ def _num_gpus(config: PipelineConfig) -> float:
 def evaluate_benchmarks(
     model_uri: str, benchmarks: list[BenchmarkConfig], config: PipelineConfig
 ) -> dict[str, BenchmarkResult]:
-    """Evaluate one model on several benchmarks in one Ray Data pass (one actor pool loads the model once).
-    Needs Ray initialised (`geosurge.runtime.init_ray`). Returns {benchmark name: result}."""
+    """Evaluate one model on several benchmarks in one Ray Data pass (one actor pool loads the model once), with
+    ten-crop test-time augmentation when `config.eval.ten_crop`. Needs Ray initialised
+    (`geosurge.runtime.init_ray`). Returns {benchmark name: result}."""
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -213,6 +222,7 @@ def evaluate_benchmarks(
         rows = clean.select(["image_id", "uri", "lat", "lon"])
         tables.append(rows.add_column(0, "benchmark", pa.array([b.name] * rows.num_rows, pa.string())))
     rows = pa.concat_tables(tables)
+    rows = rows.append_column("_row", pa.array(np.arange(rows.num_rows), pa.int64()))
 
     batch_size = config.eval.batch_size
     predicted = (
@@ -220,13 +230,16 @@ def evaluate_benchmarks(
         .repartition(max(1, min(64, -(-rows.num_rows // batch_size))))
         .map_batches(
             Predictor,
-            fn_constructor_args=(load_uri, tracking_uri, config.s3),
+            fn_constructor_args=(load_uri, tracking_uri, config.s3, config.eval.ten_crop),
             batch_size=batch_size,
             batch_format="pyarrow",
             compute=ActorPoolStrategy(size=config.eval.actors),
             num_gpus=_num_gpus(config),
         )
         .to_pandas()
+        # actors finish in any order: back to manifest order, so the metrics' float sums are the same every run
+        .sort_values("_row", kind="stable")
+        .reset_index(drop=True)
     )
     seconds = time.time() - started
 
@@ -248,7 +261,7 @@ def evaluate_benchmarks(
         result = BenchmarkResult(
             name=b.name, model_uri=load_uri, model_version=version, metrics=metrics,
             predictions=ok[PREDICTION_COLUMNS], failures=failures, rows_in=rows_in, warnings=warnings,
-            seconds=seconds,
+            seconds=seconds, ten_crop=config.eval.ten_crop,
         )
         if not result.reconciles:  # an internal error, not a data problem: fail rather than lose rows
             raise AssertionError(f"evaluation lost rows: {result.summary()}")

@@ -19,15 +19,18 @@ def evaluate_split(
     s3: storage.S3Config | None = None,
     k: int = 5,
     batch_size: int = 64,
+    ten_crop: bool = False,
 ) -> tuple[dict[str, float], pd.DataFrame]:
-    """(metrics, predictions) for every image of `split`; label maps come from the shards (ingest's segmenter)."""
+    """(metrics, predictions) for every image of `split`; label maps come from the shards (ingest's segmenter).
+    `ten_crop` (eval.ten_crop): each prediction averaged over the 10 test-time views, as the paper evaluates."""
     model.eval()
     rows = []
     ds = read_split(shards_uri, split, s3)
     for batch in ds.iter_batches(batch_size=batch_size, batch_format="pyarrow"):
         arrays = to_model_batch(batch)
         out = model.predict(
-            {"image": torch.from_numpy(arrays["image"]), "label_map": torch.from_numpy(arrays["label_map"])}, k
+            {"image": torch.from_numpy(arrays["image"]), "label_map": torch.from_numpy(arrays["label_map"])}, k,
+            ten_crop=ten_crop,
         )
         rows.append(pd.DataFrame({
             "image_id": batch.column("image_id").to_pylist(),

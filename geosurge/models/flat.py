@@ -15,6 +15,7 @@ from geosurge.config import ModelConfig
 from geosurge.models.backbone import Backbone
 from geosurge.models.factory import register_model
 from geosurge.models.hierarchy import HierarchySpec
+from geosurge.models.tta import prediction_views
 
 
 class FlatClassifier(nn.Module):
@@ -22,7 +23,8 @@ class FlatClassifier(nn.Module):
 
     `forward(batch)` takes `image` (uint8 [B,H,W,3] or float [B,3,H,W] in [0,1]) and optionally `cells`
     (int [B, levels]); it returns `logits` [B, n_finest], and with `cells` also `loss` (cross-entropy with the
-    finest column). `predict(batch, k)` returns the top-k finest cells. A `label_map` in the batch is ignored.
+    finest column). `predict(batch, k)` returns the top-k finest cells (`ten_crop=True`: softmax averaged over
+    ten crops). A `label_map` in the batch is ignored.
     """
 
     def __init__(
@@ -49,9 +51,11 @@ class FlatClassifier(nn.Module):
         return out
 
     @torch.no_grad()
-    def predict(self, batch: dict[str, torch.Tensor], k: int = 5) -> dict[str, torch.Tensor]:
-        """Top-k finest cells: `cell` [B,k], `score` [B,k] (softmax probabilities), `lat`/`lon` [B,k]."""
-        probs = F.softmax(self.logits(batch["image"]).float(), dim=-1)
+    def predict(self, batch: dict[str, torch.Tensor], k: int = 5, ten_crop: bool = False) -> dict[str, torch.Tensor]:
+        """Top-k finest cells: `cell` [B,k], `score` [B,k] (softmax probabilities), `lat`/`lon` [B,k].
+        `ten_crop=True`: the probabilities are averaged over the 10 views of `ten_crop_views`."""
+        views = prediction_views(batch, ten_crop)
+        probs = sum(F.softmax(self.logits(image).float(), dim=-1) for image, _ in views) / len(views)
         top = probs.topk(min(k, probs.shape[1]), dim=-1)
         latlon = self.finest_latlon[top.indices]
         return {"cell": top.indices, "score": top.values, "lat": latlon[..., 0], "lon": latlon[..., 1]}

@@ -26,6 +26,7 @@ from geosurge.data.gps_gallery import geoclip_package_file, load_gps_gallery
 from geosurge.models.backbone import Backbone
 from geosurge.models.factory import register_model
 from geosurge.models.hierarchy import HierarchySpec
+from geosurge.models.tta import prediction_views
 
 # Equal Earth projection constants (Šavrič et al. 2018), as in geoclip/model/location_encoder.py.
 A1, A2, A3, A4 = 1.340264, -0.081106, 0.000893, 0.003796
@@ -193,7 +194,8 @@ class GeoClip(nn.Module):
 
     `forward(batch)` takes `image` (uint8 [B,H,W,3] or float [B,3,H,W] in [0,1]) and, for a loss, `lat`/`lon`
     [B] in degrees; it returns `embedding` and, with lat/lon, `loss` (in train mode the batch's GPS then joins
-    the queue). `predict(batch, k)` returns the top-k gallery coordinates with their softmax probabilities.
+    the queue). `predict(batch, k)` returns the top-k gallery coordinates with their softmax probabilities
+    (`ten_crop=True`: averaged over ten crops).
     """
 
     def __init__(
@@ -304,14 +306,16 @@ class GeoClip(nn.Module):
         return self._gallery_cache[1]
 
     @torch.no_grad()
-    def predict(self, batch: dict[str, torch.Tensor], k: int = 5) -> dict[str, torch.Tensor]:
+    def predict(self, batch: dict[str, torch.Tensor], k: int = 5, ten_crop: bool = False) -> dict[str, torch.Tensor]:
         """Top-k gallery coordinates per image, best first: `lat`, `lon`, `score` (softmax probability over
-        the gallery), each [B, min(k, gallery size)]."""
-        v = self.embed_image(batch["image"])
-        g = self.gallery_embeddings().to(v.dtype)
-        probs = F.softmax(self.logits(v, g).float(), dim=-1)
+        the gallery), each [B, min(k, gallery size)]. `ten_crop=True`: the gallery probabilities are averaged
+        over the 10 views of `ten_crop_views` (summed view by view: one [B, gallery] array at a time)."""
+        views = prediction_views(batch, ten_crop)
+        g = self.gallery_embeddings()
+        probs = sum(F.softmax(self.logits(v, g.to(v.dtype)).float(), dim=-1)
+                    for v in (self.embed_image(image) for image, _ in views)) / len(views)
         top = probs.topk(min(k, probs.shape[1]), dim=-1)
-        latlon = self.gallery().to(v.device)[top.indices]
+        latlon = self.gallery().to(probs.device)[top.indices]
         return {"lat": latlon[..., 0], "lon": latlon[..., 1], "score": top.values}
 
 

@@ -11,6 +11,8 @@ Training: for each level, cross-entropy of the logits of the image's own scene's
 scene-classification head or loss: the scene is chosen at inference from the geo-classifiers' own confidence.
 Inference: the scene whose queries are most confident (mean over levels of the max softmax probability) is
 chosen; a finest cell's score is its probability times its ancestors' (as GeoSURGE's `finest_log_scores`).
+Ten-crop: the scene is chosen on the confidence averaged over the 10 views, then the finest-cell probability
+products under that scene are averaged over the views (as GeoSURGE averages its products).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from geosurge.config import ModelConfig
 from geosurge.models.backbone import Backbone
 from geosurge.models.factory import register_model
 from geosurge.models.hierarchy import HierarchySpec
+from geosurge.models.tta import prediction_views
 from geosurge.segmentation.ade20k import ADE20K_ID
 
 # Scene ids follow Places365's 3-way labels (S3_Label / the manifest's `scene3`): 0 indoor, 1 natural, 2 urban.
@@ -233,17 +236,24 @@ class GeoDecoder(nn.Module):
         return out
 
     @torch.no_grad()
-    def predict(self, batch: dict[str, torch.Tensor], k: int = 5) -> dict[str, torch.Tensor]:
+    def predict(self, batch: dict[str, torch.Tensor], k: int = 5, ten_crop: bool = False) -> dict[str, torch.Tensor]:
         """Top-k finest cells: `cell`, `score` (probability products), `lat`, `lon` [B,k]; `scene` [B] chosen.
 
         The scene is chosen by the model (highest mean confidence), not taken from the batch, as in the paper.
+        `ten_crop=True`: one scene per image, from the confidence averaged over the 10 views of `ten_crop_views`;
+        the finest-cell probability products under it are averaged over the views.
         """
-        level_logits = self.query_logits(batch["image"])
-        scene = self.scene_confidence(level_logits).argmax(-1)
-        log_scores = self.finest_log_scores(level_logits, scene)
-        top = log_scores.topk(min(k, log_scores.shape[1]), dim=-1)
-        latlon = self.finest_latlon[top.indices]
-        return {"cell": top.indices, "score": top.values.exp(), "lat": latlon[..., 0], "lon": latlon[..., 1], "scene": scene}
+        per_view = [self.query_logits(image) for image, _ in prediction_views(batch, ten_crop)]
+        scene = (sum(self.scene_confidence(l) for l in per_view) / len(per_view)).argmax(-1)
+        if len(per_view) == 1:
+            top = self.finest_log_scores(per_view[0], scene).topk(min(k, self.ancestors.shape[1]), dim=-1)
+            cells, scores = top.indices, top.values.exp()
+        else:
+            probs = sum(self.finest_log_scores(l, scene).exp() for l in per_view) / len(per_view)
+            top = probs.topk(min(k, probs.shape[1]), dim=-1)
+            cells, scores = top.indices, top.values
+        latlon = self.finest_latlon[cells]
+        return {"cell": cells, "score": scores, "lat": latlon[..., 0], "lon": latlon[..., 1], "scene": scene}
 
 
 @register_model("geodecoder")

@@ -1,7 +1,7 @@
 """The full pipeline, stage by stage (what `workflows/full_pipeline.py` runs):
 
-GeoWorld (synthetic images) → segmenter (trained on GeoWorld's label maps, when ingest.segmenter=geoworld)
-→ geocells (from the manifest's training coordinates) → ingest (Ray Data: fetch, decode, segment, cells →
+data (your manifests from `data.manifest`, or a generated GeoWorld when none is given) → segmenter (trained on
+GeoWorld's label maps when ingest.segmenter=geoworld) → geocells (from the manifests' training coordinates) → ingest (Ray Data: fetch, decode, segment, cells →
 shards + quarantine) → train (Ray Train + DeepSpeed) → register (evaluate the test split, MLflow run, new
 version at @challenger) → eval job (challenger vs @champion on the fixed benchmarks; promote if better).
 
@@ -19,9 +19,11 @@ import time
 import mlflow
 import numpy as np
 
+from geosurge import storage
 from geosurge.config import PipelineConfig
 from geosurge.data.geoworld import generate_geoworld
-from geosurge.data.manifest import manifest_coordinates
+from geosurge.data.manifest import list_manifest_files, manifest_coordinates
+from geosurge.data.shards import split_rows
 from geosurge.eval.evaluate import baseline_metrics, evaluate_split
 from geosurge.geo.geocells import GeocellHierarchy
 from geosurge.geo.metrics import format_metrics_table
@@ -43,24 +45,27 @@ from geosurge.runtime import init_ray
 from geosurge.segmentation.segmenter import (
     GEOWORLD_SEGMENTER,
     GROUND_TRUTH_SEGMENTER,
-    RANDOM_SEGMENTER,
     Segmenter,
+    is_random_spec,
 )
 from geosurge.tracking.runs import start_mlflow_run
 from geosurge.train.segmenter import train_geoworld_segmenter
 from geosurge.train.trainer import consolidated_state_dict
 
-STAGES = ["geoworld", "segmenter", "geocells", "ingest", "train", "register", "evaluate"]
+STAGES = ["data", "segmenter", "geocells", "ingest", "train", "register", "evaluate"]
 
 
 def stage_keys(config: PipelineConfig) -> dict[str, str]:
-    """Each stage's key: the config sections it reads and the keys of the stages it consumes."""
+    """Each stage's key: the config sections it reads and the keys of the stages it consumes. User manifests are
+    keyed by their identity (size and modification time, or ETag), so a changed manifest redoes ingest."""
     c = dataclasses.asdict(config)
-    k = {"geoworld": stage_key(c["geoworld"], c["data_root"])}
-    k["segmenter"] = stage_key(c["segmenter"], c["ingest"]["image_size"], c["ingest"]["label_grid"], k["geoworld"])
-    k["geocells"] = stage_key(c["geocells"], k["geoworld"])
+    data = manifest_identity(config.data.manifests, config.s3) if config.data.manifests else c["geoworld"]
+    k = {"data": stage_key(data, c["data_root"])}
+    k["segmenter"] = stage_key(c["segmenter"], c["ingest"]["image_size"], c["ingest"]["label_grid"], k["data"])
+    reading = (c["data"]["val_fraction"], c["ingest"]["manifest_format"], c["ingest"]["images_root"])
+    k["geocells"] = stage_key(c["geocells"], k["data"], *reading)
     segmenter_key = k["segmenter"] if config.ingest.segmenter == GEOWORLD_SEGMENTER else None
-    k["ingest"] = stage_key(c["ingest"], k["geoworld"], k["geocells"], segmenter_key)
+    k["ingest"] = stage_key(c["ingest"], k["data"], k["geocells"], segmenter_key, reading[0])
     k["train"] = stage_key(c["model"], c["train"], k["ingest"])
     k["register"] = stage_key(c["eval"]["split"], c["eval"]["top_k"], c["tracking"], k["train"])
     k["evaluate"] = stage_key(c["eval"], k["register"])
@@ -73,6 +78,19 @@ def check_pipeline_config(config: PipelineConfig) -> None:
     if config.ingest.segmenter == GROUND_TRUTH_SEGMENTER:
         raise ValueError("ingest.segmenter=ground_truth is an oracle for benchmarks: the registered model "
                          "would have no segmenter for new photos")
+    if config.data.manifests and config.ingest.segmenter == GEOWORLD_SEGMENTER:
+        raise ValueError("ingest.segmenter=geoworld trains a segmenter on GeoWorld's label maps, and data.manifest "
+                         "names your own imagery: set ingest.segmenter to a hub id (e.g. the paper's "
+                         "shi-labs/oneformer_ade20k_swin_large), a checkpoint folder (local or s3://), or none")
+    if not 0 <= config.data.val_fraction < 1:
+        raise ValueError(f"data.val_fraction must be in [0, 1), got {config.data.val_fraction}")
+
+
+def manifest_identity(manifests: list[str], s3) -> list[dict]:
+    """What identifies the content of every manifest file: `storage.stat` of each file (a folder's files listed)."""
+    files = [uri if storage.is_http(uri) else f for uri in manifests
+             for f in ([uri] if storage.is_http(uri) else list_manifest_files(uri, s3))]
+    return [storage.stat(f, s3) for f in files]
 
 
 def run_pipeline(config: PipelineConfig, force: list[str] | None = None) -> int:
@@ -89,7 +107,7 @@ def run_pipeline(config: PipelineConfig, force: list[str] | None = None) -> int:
 
     init_ray(config)
     job = PipelineJob(config, keys, start_mlflow_run(config))
-    job.manifest_uri = stages.run("geoworld", "synthetic geotagged images", job.make_geoworld).outputs["manifest"]
+    job.manifests = stages.run("data", job.data_title(), job.make_data).summary["manifests"]
     job.use_segmenter(stages.run("segmenter", f"ingest.segmenter={config.ingest.segmenter}", job.make_segmenter))
     stages.run("geocells", "adaptive H3 hierarchy from the training coordinates", job.make_geocells)
     job.load_geocells()
@@ -117,18 +135,44 @@ class PipelineJob:
     def __init__(self, config: PipelineConfig, keys: dict[str, str], run):
         self.config, self.keys, self.run = config, keys, run
         self.root, self.s3 = DataRoot(config.resolved_data_root), config.s3
-        self.manifest_uri = self.shards_uri = self.checkpoint = self.version = ""
+        self.manifests: list[str] = []
+        self.shards_uri = self.checkpoint = self.version = ""
         self.ingest_config = config.ingest
         self.hierarchy: GeocellHierarchy | None = None
 
     @functools.cached_property
     def train_coordinates(self) -> tuple[np.ndarray, np.ndarray]:
-        """The manifest's training coordinates, read once: the geocells and the median-guess baseline use them."""
-        return manifest_coordinates(self.manifest_uri, "train", self.s3)
+        """The manifests' training coordinates, read once: the geocells and the median-guess baseline use them.
+        Rows held out for validation (`data.val_fraction`) and test rows never shape the geocells."""
+        ingest, val_fraction = self.config.ingest, self.config.data.val_fraction
+        parts = [manifest_coordinates(uri, "train", self.s3, format=ingest.manifest_format,
+                                      images_root=ingest.images_root, val_fraction=val_fraction)
+                 for uri in self.manifests]
+        return np.concatenate([lat for lat, _ in parts]), np.concatenate([lon for _, lon in parts])
 
-    def make_geoworld(self) -> Made:
-        manifest_uri = generate_geoworld(self.config.geoworld, self.root.geoworld, self.s3)
-        return {"manifest": manifest_uri}, {"images": self.config.geoworld.num_images}
+    def data_title(self) -> str:
+        manifests = self.config.data.manifests
+        if not manifests:
+            return f"GeoWorld, {self.config.geoworld.num_images} synthetic geotagged images (no data.manifest given)"
+        return f"{len(manifests)} manifest(s): {', '.join(manifests)}"
+
+    def make_data(self) -> Made:
+        """GeoWorld when no manifest is given; else the user's manifests, those given by URL copied into the data
+        root first (Ray tasks stream manifests from storage, and the copy pins what this run ingested)."""
+        if not self.config.data.manifests:
+            uri = generate_geoworld(self.config.geoworld, self.root.geoworld, self.s3)
+            return {"manifest": uri}, {"manifests": [uri], "images": self.config.geoworld.num_images}
+        manifests = []
+        for uri in self.config.data.manifests:
+            if storage.is_http(uri):
+                copy = self.root.manifest_copy(uri)
+                size = storage.copy_from_http(uri, copy, self.s3)
+                print(f"data: {uri} → {copy} ({size / 1e6:.1f} MB)", flush=True)
+                uri = copy
+            files = list_manifest_files(uri, self.s3)  # fails clearly on a missing manifest
+            print(f"data: {uri}: {len(files)} manifest file(s)", flush=True)
+            manifests.append(uri)
+        return {f"manifest{i}": uri for i, uri in enumerate(manifests)}, {"manifests": manifests}
 
     def make_segmenter(self) -> Made:
         config = self.config
@@ -137,7 +181,7 @@ class PipelineJob:
         folder = RunFolder(config.output_dir).segmenter(self.keys["segmenter"])
         seg_config = dataclasses.replace(config.segmenter, image_size=config.ingest.image_size,
                                          label_grid=config.ingest.label_grid)
-        result = train_geoworld_segmenter(self.manifest_uri, folder, seg_config, self.s3)  # prints its progress
+        result = train_geoworld_segmenter(self.manifests[0], folder, seg_config, self.s3)  # prints its progress
         mlflow.log_dict(result.to_dict(), "segmenter_metrics.json")
         mlflow.log_metrics({"segmenter_val_miou": result.val.miou, "segmenter_val_pixel_accuracy": result.val.pixel_accuracy,
                             "segmenter_val_grid_accuracy": result.val.grid_accuracy})
@@ -148,10 +192,10 @@ class PipelineJob:
         """Ingest (and the registered model) segment with the segmenter stage's result."""
         spec = record.summary["spec"]
         self.ingest_config = dataclasses.replace(self.config.ingest, segmenter=spec)
-        if spec == RANDOM_SEGMENTER:
-            print("WARNING: the segmenter is a RANDOMLY INITIALISED SegFormer: label maps carry no meaning "
+        if is_random_spec(spec):
+            print(f"WARNING: the segmenter ({spec}) is RANDOMLY INITIALISED: label maps carry no meaning "
                   "(set ingest.segmenter=geoworld to train one here, or a hub id / checkpoint folder).")
-        mlflow.set_tags({"segmenter": spec, "segmenter_random_init": str(spec == RANDOM_SEGMENTER)})
+        mlflow.set_tags({"segmenter": spec, "segmenter_random_init": str(is_random_spec(spec))})
 
     def make_geocells(self) -> Made:
         g, (lat, lon) = self.config.geocells, self.train_coordinates
@@ -165,7 +209,8 @@ class PipelineJob:
         mlflow.log_params({f"geocells.num_cells.level{i}": n for i, n in enumerate(self.hierarchy.num_cells)})
 
     def make_shards(self) -> Made:
-        totals = ingest_manifests([self.manifest_uri], self.root.ingest, self.ingest_config, self.s3, self.hierarchy)
+        totals = ingest_manifests(self.manifests, self.root.ingest, self.ingest_config, self.s3, self.hierarchy,
+                                  val_fraction=self.config.data.val_fraction)
         return ({"shards": totals.shards_uri, "quarantine": totals.quarantine_uri},
                 {"rows_in": totals.rows_in, "shard_rows": totals.shard_rows,
                  "quarantined_by_reason": totals.quarantined_by_reason})
@@ -179,11 +224,15 @@ class PipelineJob:
 
     def make_version(self) -> Made:
         config, split = self.config, self.config.eval.split
+        if split_rows(self.shards_uri, split, self.s3) == 0:
+            # your own imagery has no test split (test images come from the benchmarks): check on the held-out rows
+            print(f"register: the shards have no '{split}' rows; evaluating the held-out 'val' rows instead")
+            split = "val"
         state_dict = consolidated_state_dict(self.checkpoint)
-        model = create_model(config.model, self.hierarchy)
+        model = create_model(config.model, self.hierarchy, pretrained=False)  # trained weights follow
         model.load_state_dict(state_dict)
         metrics, predictions = evaluate_split(model, self.shards_uri, split, self.s3, config.eval.top_k,
-                                              config.eval.batch_size)
+                                              config.eval.batch_size, ten_crop=config.eval.ten_crop)
         reference = baseline_metrics(*self.train_coordinates, predictions.lat.to_numpy(), predictions.lon.to_numpy())
         mlflow.log_metrics({f"{split}_{k}": float(v) for k, v in metrics.items()})
         mlflow.log_metrics({f"{split}_median_guess_{k}": float(v) for k, v in reference.items()})
@@ -191,10 +240,10 @@ class PipelineJob:
         print(format_metrics_table({f"{config.model.name} ({split}, n={metrics['n']:.0f})": metrics,
                                     "median-coordinate guess": reference}))
         registered = dataclasses.replace(config, ingest=self.ingest_config)  # the segmenter the model was trained with
-        segmenter = Segmenter(self.ingest_config.segmenter, config.ingest.label_grid)
+        segmenter = Segmenter(self.ingest_config.segmenter, config.ingest.label_grid, s3=self.s3)
         model_uri, version = register_model(state_dict, registered, self.hierarchy, segmenter, self.shards_uri, split)
         return {}, {"version": version, "model_uri": model_uri, "mlflow_run_id": self.run.info.run_id,
-                    "metrics": metrics, "median_guess": reference}
+                    "split": split, "metrics": metrics, "median_guess": reference}
 
     def make_decision(self) -> Made:
         outcome = evaluate_version(self.config, self.version)
@@ -214,15 +263,16 @@ def summarise(config: PipelineConfig, records: dict[str, StageRecord], started: 
     reasons = ", ".join(f"{k}={v}" for k, v in sorted(ingested["quarantined_by_reason"].items())) or "none"
     print(f"ingest: {ingested['rows_in']} in = {ingested['shard_rows']} in shards + "
           f"{sum(ingested['quarantined_by_reason'].values())} quarantined ({reasons})")
-    print(format_metrics_table({f"{config.model.name} v{register['version']} ({config.eval.split})": register["metrics"],
+    split = register.get("split", config.eval.split)
+    print(format_metrics_table({f"{config.model.name} v{register['version']} ({split})": register["metrics"],
                                 "median-coordinate guess": register["median_guess"]}))
-    if records["segmenter"].summary["spec"] == RANDOM_SEGMENTER:
+    if is_random_spec(records["segmenter"].summary["spec"]):
         print("(semantic label maps came from a randomly initialised segmenter)")
     decision = records["evaluate"].summary["decision"]
     print(f"promotion: {decision.get('action')} — {decision.get('reason')}")
     print(json.dumps({
         "data_root": config.resolved_data_root,
-        "manifest": records["geoworld"].outputs["manifest"],
+        "manifests": records["data"].summary["manifests"],
         "segmenter": records["segmenter"].summary["spec"],
         "geocells": records["geocells"].outputs["geocells"],
         "shards": records["ingest"].outputs["shards"],

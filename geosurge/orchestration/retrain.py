@@ -117,7 +117,8 @@ def retrain(config: PipelineConfig, root: DataRoot) -> int:
                      "retrain.manifests": json.dumps([m.uri for m in new])[:5000]})
 
     header("2/5 ingest only the new imagery (Ray Data)")
-    totals = ingest_manifests([m.uri for m in new], root.ingest, config.ingest, s3, hierarchy, "retrain_new")
+    totals = ingest_manifests([m.uri for m in new], root.ingest, config.ingest, s3, hierarchy, "retrain_new",
+                              val_fraction=config.data.val_fraction)
 
     t = header(f"3/5 fine-tune from version {champion_version} on all shards, {config.train.epochs} epoch(s)")
     trained = train_model(config, totals.shards_uri, hierarchy, hierarchy_uri, run.info.run_id)

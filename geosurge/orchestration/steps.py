@@ -56,12 +56,14 @@ class IngestTotals:
 
 
 def ingest_manifests(manifests: list[str], output: IngestLayout, config: IngestConfig, s3,
-                     hierarchy: GeocellHierarchy, metric_prefix: str = "ingest") -> IngestTotals:
+                     hierarchy: GeocellHierarchy, metric_prefix: str = "ingest", val_fraction: float = 0.0
+                     ) -> IngestTotals:
     """Ingest each manifest into the one shared output (resumable; each prints its own summary) and log the
-    totals to the active MLflow run as `<metric_prefix>_rows_in`, `_shard_rows`, `_quarantined`, `_seconds`."""
+    totals to the active MLflow run as `<metric_prefix>_rows_in`, `_shard_rows`, `_quarantined`, `_seconds`.
+    `val_fraction`: rows without a split of their own held out for validation (`data.val_fraction`)."""
     totals = IngestTotals(shards_uri=output.shards, quarantine_uri=output.quarantine)
     for manifest in manifests:
-        totals.add(ingest(manifest, output.root, config, s3, hierarchy=hierarchy))
+        totals.add(ingest(manifest, output.root, config, s3, hierarchy=hierarchy, val_fraction=val_fraction))
     mlflow.log_metrics({f"{metric_prefix}_rows_in": totals.rows_in, f"{metric_prefix}_shard_rows": totals.shard_rows,
                         f"{metric_prefix}_quarantined": totals.quarantined, f"{metric_prefix}_seconds": totals.seconds})
     mlflow.log_dict(totals.reports[0] if len(totals.reports) == 1 else {"manifests": totals.reports},

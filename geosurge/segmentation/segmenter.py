@@ -1,9 +1,20 @@
-"""Semantic segmentation: any `transformers` semantic-segmentation checkpoint → label maps on a patch grid.
+"""Semantic segmentation: a `transformers` segmentation checkpoint → ADE20K label maps on a patch grid.
 
-The production default is an ADE20K model (OneFormer, SegFormer) loaded by hub id; on machines without a hub
-the same loader takes a local checkpoint folder. `"random"` builds a randomly initialised SegFormer with the
-ADE20K label set: it exercises the real code path but its label maps carry no meaning, and every caller
-must say so in its output.
+What `ingest.segmenter` (a spec) may name:
+- a hub id (e.g. the paper's `shi-labs/oneformer_ade20k_swin_large`) or a local checkpoint folder;
+- an `s3://bucket/prefix` checkpoint folder, copied once into a local cache and loaded from there
+  (`geosurge.segmentation.cache`; pass `s3=` for the endpoint and credentials);
+- `"random"`, `"random-oneformer"`, `"random-mask2former"` (`RANDOM_SPECS`): tiny randomly initialised models of
+  those families with the ADE20K label set, built without downloading anything. They exercise the real code paths
+  but their label maps carry no meaning, and every caller must say so in its output (`Segmenter.is_random`).
+
+The model family comes from the checkpoint's `config.model_type` (`geosurge.segmentation.families`): "oneformer"
+→ OneFormerForUniversalSegmentation, "mask2former" → Mask2FormerForUniversalSegmentation, "maskformer" →
+MaskFormerForInstanceSegmentation (these three turn query classes and masks into per-pixel class scores), anything
+else → AutoModelForSemanticSegmentation (SegFormer and the like, per-pixel `.logits`). Every family's scores are
+then pooled to the patch grid. Images are normalised with the checkpoint's own image-processor statistics when it
+has a processor config, else with ImageNet's (what SegFormer, Mask2Former and OneFormer processors use).
+Label ids are the checkpoint's own: meaningful as ADE20K ids only for a model trained on ADE20K's 150 classes.
 """
 
 from __future__ import annotations
@@ -14,12 +25,28 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from geosurge.segmentation.ade20k import NUM_ADE20K_CLASSES, id2label
+from geosurge import storage
+from geosurge.config import S3Config
+from geosurge.segmentation.ade20k import NUM_ADE20K_CLASSES
+from geosurge.segmentation.cache import cached_checkpoint
+from geosurge.segmentation.families import (
+    Mask2FormerFamily,
+    OneFormerFamily,
+    SemanticFamily,
+    family_for,
+    pixel_statistics,
+    random_segformer,  # noqa: F401  re-exported: callers and tests take it from here
+)
 
 log = logging.getLogger(__name__)
 
-# `ingest.segmenter` values that name no checkpoint (anything else is a hub id or a checkpoint folder):
-RANDOM_SEGMENTER = "random"
+# `ingest.segmenter` values that name no checkpoint (anything else is a hub id, a folder or an s3:// folder):
+RANDOM_SEGMENTER = "random"  # a tiny random SegFormer
+RANDOM_ONEFORMER = "random-oneformer"  # a tiny random OneFormer (tiny Swin backbone)
+RANDOM_MASK2FORMER = "random-mask2former"  # a tiny random Mask2Former (tiny Swin backbone)
+RANDOM_SPECS = (RANDOM_SEGMENTER, RANDOM_ONEFORMER, RANDOM_MASK2FORMER)
+_RANDOM_FAMILIES = {RANDOM_SEGMENTER: SemanticFamily, RANDOM_ONEFORMER: OneFormerFamily,
+                    RANDOM_MASK2FORMER: Mask2FormerFamily}
 # Not a model but an instruction to the pipeline: train a SegFormer on the run's own GeoWorld label maps
 # (geosurge.train.segmenter) and segment with that checkpoint folder.
 GEOWORLD_SEGMENTER = "geoworld"
@@ -29,35 +56,36 @@ GROUND_TRUTH_SEGMENTER = "ground_truth"
 # No segmentation: shards without label maps. For models that use none (GeoCLIP) and for measuring the rest
 # of the ingest stage on its own (benchmarks/ingest.py).
 NO_SEGMENTER = "none"
-# ImageNet statistics: what SegFormer/OneFormer image processors normalise with
-_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+# ImageNet statistics: the fallback when a checkpoint has no processor config
+_MEAN = [0.485, 0.456, 0.406]
+_STD = [0.229, 0.224, 0.225]
 
 
-def random_segformer(seed: int = 0) -> torch.nn.Module:
-    """A small SegFormer (MiT-b0-like, fewer channels) over the 150 ADE20K classes, random weights."""
-    from transformers import SegformerConfig, SegformerForSemanticSegmentation
-
-    torch.manual_seed(seed)
-    config = SegformerConfig(
-        num_labels=NUM_ADE20K_CLASSES,
-        id2label=id2label(),
-        label2id={v: k for k, v in id2label().items()},
-        hidden_sizes=[16, 32, 80, 128],
-        decoder_hidden_size=128,
-        depths=[1, 1, 1, 1],
-    )
-    return SegformerForSemanticSegmentation(config)
+def is_random_spec(spec: str) -> bool:
+    """True for the specs that build a random-init model (label maps without meaning)."""
+    return spec in RANDOM_SPECS
 
 
-def load_segmenter(spec: str) -> tuple[torch.nn.Module, bool]:
-    """(model in eval mode, is_random). `spec` is "random", a hub id or a local checkpoint folder."""
-    if spec == RANDOM_SEGMENTER:
-        return random_segformer().eval(), True
-    from transformers import AutoModelForSemanticSegmentation
+def load_family(spec: str, s3: S3Config | None = None) -> tuple[SemanticFamily | Mask2FormerFamily, str | None]:
+    """(family wrapper holding the model in eval mode, local checkpoint path or hub id; None for random specs)."""
+    if is_random_spec(spec):
+        family, checkpoint = _RANDOM_FAMILIES[spec].random(), None
+    else:
+        checkpoint = str(cached_checkpoint(spec, s3)) if storage.is_s3(spec) else spec
+        from transformers import AutoConfig
 
-    model = AutoModelForSemanticSegmentation.from_pretrained(spec)
-    return model.eval(), False
+        family = family_for(AutoConfig.from_pretrained(checkpoint).model_type).from_pretrained(checkpoint)
+        if family.model.config.num_labels != NUM_ADE20K_CLASSES:
+            log.warning("%s predicts %d classes, not ADE20K's %d: its label ids are not ADE20K ids", spec,
+                        family.model.config.num_labels, NUM_ADE20K_CLASSES)
+    family.model.eval()  # a freshly built model is in training mode (dropout on)
+    return family, checkpoint
+
+
+def load_segmenter(spec: str, s3: S3Config | None = None) -> tuple[torch.nn.Module, bool]:
+    """(model in eval mode, is_random) for any spec `Segmenter` takes."""
+    family, _ = load_family(spec, s3)
+    return family.model.eval(), is_random_spec(spec)
 
 
 def pool_logits_to_grid(logits: torch.Tensor, grid: int) -> np.ndarray:
@@ -70,19 +98,32 @@ def pool_logits_to_grid(logits: torch.Tensor, grid: int) -> np.ndarray:
 class Segmenter:
     """Batched segmentation to patch-grid label maps. Used as a Ray Data actor (one model per actor)."""
 
-    def __init__(self, spec: str, grid: int, device: str | None = None):
+    def __init__(self, spec: str, grid: int, device: str | None = None, *, s3: S3Config | None = None):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model, self.is_random = load_segmenter(spec)
-        self.model.to(self.device)
+        self.family, checkpoint = load_family(spec, s3)
+        self.is_random = is_random_spec(spec)
+        self.family.model.to(self.device)
         # bf16 on GPU halves memory traffic; CPUs keep fp32 (bf16 matmuls are slow on many CPUs)
         self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         self.grid = grid
+        divisor, mean, std = pixel_statistics(checkpoint) or (255.0, _MEAN, _STD)
+        self._divisor = divisor
+        self._mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.family.model
+
+    @model.setter
+    def model(self, model: torch.nn.Module) -> None:
+        self.family.model = model
 
     @torch.inference_mode()
     def label_maps(self, images: np.ndarray) -> np.ndarray:
         """uint8 RGB images [B, H, W, 3] → uint8 label maps [B, grid, grid] of ADE20K ids."""
-        x = torch.from_numpy(images).to(self.device).permute(0, 3, 1, 2).float().div_(255)
-        x = (x - _MEAN.to(self.device)) / _STD.to(self.device)
+        x = torch.from_numpy(images).to(self.device).permute(0, 3, 1, 2).float().div_(self._divisor)
+        x = (x - self._mean) / self._std
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-            logits = self.model(pixel_values=x).logits
-        return pool_logits_to_grid(logits, self.grid)
+            scores = self.family.class_scores(x)
+        return pool_logits_to_grid(scores, self.grid)

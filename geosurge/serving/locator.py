@@ -49,7 +49,7 @@ class GeoLocator:
         if config.s3.secret_access_key == _REDACTED:
             config.s3.secret_access_key = None
         hierarchy = GeocellHierarchy.load(str(root / GEOCELLS_FILE))
-        model = create_model(config.model, hierarchy)
+        model = create_model(config.model, hierarchy, pretrained=False)  # its trained weights follow
         model.load_state_dict(torch.load(root / "model.pt", map_location="cpu", weights_only=True))
         segmenter = Segmenter(str(root / "segmenter"), config.ingest.label_grid)
         # a saved random-init segmenter loads as an ordinary folder: keep what write_bundle recorded about it
@@ -57,10 +57,12 @@ class GeoLocator:
         return cls(model, segmenter, config, hierarchy)
 
     @torch.no_grad()
-    def predict_arrays(self, images: np.ndarray, k: int = DEFAULT_TOP_K) -> dict[str, np.ndarray]:
-        """uint8 images [B,H,W,3] (already at the model's size) → top-k arrays."""
+    def predict_arrays(self, images: np.ndarray, k: int = DEFAULT_TOP_K, ten_crop: bool = False) -> dict[str, np.ndarray]:
+        """uint8 images [B,H,W,3] (already at the model's size) → top-k arrays; `ten_crop`: averaged over the 10
+        test-time views (each model's `predict(..., ten_crop=True)`; the label map is cropped alongside)."""
         label_maps = self.segmenter.label_maps(images)
-        out = self.model.predict({"image": torch.from_numpy(images), "label_map": torch.from_numpy(label_maps)}, k)
+        out = self.model.predict({"image": torch.from_numpy(images), "label_map": torch.from_numpy(label_maps)}, k,
+                                 ten_crop=ten_crop)
         return {key: value.cpu().numpy() for key, value in out.items()}
 
     def predict_bytes(self, images: list[bytes], k: int = DEFAULT_TOP_K) -> list[Prediction]:

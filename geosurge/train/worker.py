@@ -137,7 +137,9 @@ class TrainWorker:
     def _engine(self, hierarchy: GeocellHierarchy):
         import deepspeed
 
-        model = create_model(self.config.model, hierarchy)
+        # fine-tuning starts from its own weights: no hub or pretrained-file read first
+        pretrained = False if self.tc.init_weights else None
+        model = create_model(self.config.model, hierarchy, s3=self.config.s3, pretrained=pretrained)
         if self.tc.init_weights:
             state_dict = torch.load(io.BytesIO(storage.read_bytes(self.tc.init_weights, self.config.s3)),
                                     map_location="cpu", weights_only=True)

@@ -374,3 +374,82 @@ def test_streaming_mp16_defaults_to_the_csv_folder_and_reads_blank_labels_as_nul
     no_lon = _write(tmp_path / "mp16_places365.csv", "IMG_ID,LAT", ["a/b.jpg,1.0"])
     with pytest.raises(ValueError, match="'lon'"):
         resolve_manifest_format(no_lon)
+
+
+# --------------------------------------------------------------------------------------------- benchmarks, roots
+
+HTTP_ROOT = "http://127.0.0.1:8765/imgs"  # an image server: uris must stay URLs, never become local paths
+IM2GPS_ROWS = [  # the first rows of TIBHannover/GeoEstimation meta/im2gps_places365.csv (probabilities cut short)
+    "104123223_7410c654ba_19_19355699@N00.jpg,19355699@N00,-16.663606,145.563537,1,8,150,0.003,0.778,0.219",
+    "1095548455_f636d22cbb_1277_8576809@N08.jpg,8576809@N08,31.893581,-85.141124,2,15,231,0.004,0.016,0.980"]
+YFCC26K_ROWS = [  # the first rows of yfcc25600_places365.csv (GeoEstimation release "pytorch")
+    "45/77/3228511372.jpg,43008843@N00,46.778991,23.611207,0,5,21,0.979,0.001,0.020",
+    "2e/b5/4325164013.jpg,22489773@N02,40.445379,116.66399,2,14,201,0.017,0.367,0.616"]
+
+
+@pytest.mark.parametrize("fmt, name, rows", [("im2gps", "im2gps_places365.csv", IM2GPS_ROWS),
+                                             ("yfcc26k", "yfcc25600_places365.csv", YFCC26K_ROWS)])
+def test_published_benchmark_csvs_read_when_named(tmp_path: Path, fmt: str, name: str, rows: list[str]) -> None:
+    csv = _write(tmp_path / name, IM2GPS3K_HEADER, rows)
+    ids = [r.split(",")[0] for r in rows]
+    clean, _, report = read_manifest(csv, fmt, images_root=HTTP_ROOT)
+    assert clean["image_id"].to_pylist() == ids and clean["uri"].to_pylist() == [f"{HTTP_ROOT}/{i}" for i in ids]
+    assert clean["lat"].to_pylist() == [float(r.split(",")[2]) for r in rows] and report.reconciles
+    assert clean["split"].to_pylist() == ["test", "test"]
+    assert clean["scene365"].to_pylist() == [int(r.split(",")[6]) for r in rows]
+    reading = plan_manifest_reading(csv, fmt, images_root=HTTP_ROOT)
+    assert validate_manifest(next(iter_manifest_batches(csv, 10, reading=reading)))[0].equals(clean)
+    assert detect_format(csv) == {"im2gps": "im2gps3k", "yfcc26k": "yfcc4k"}[fmt]  # 'auto' reads as it always did
+
+
+def test_gws15k_in_our_columns_or_with_img_id(tmp_path: Path) -> None:
+    csv = _write(tmp_path / "gws15k.csv", "image_id,uri,lat,lon,city,country",
+                 ["image_0,street/0.jpg,-11.0264039,-68.7511483,Cobija,Bolivia",
+                  "image_1,s3://gws/1.jpg,-7.5648521,108.8731069,Rawasari,Indonesia"])
+    clean, _, _ = read_manifest(csv, "gws15k", images_root=HTTP_ROOT)
+    assert clean["uri"].to_pylist() == [f"{HTTP_ROOT}/street/0.jpg", "s3://gws/1.jpg"]  # URLs are kept as written
+    assert clean["split"].to_pylist() == ["test", "test"] and clean["country"].to_pylist()[0] == "Bolivia"
+    assert detect_format(csv) == "geosurge"  # our header: never guessed as GWS15k
+    ids = _write(tmp_path / "gws_img.csv", "IMG_ID,LAT,LON", ["a/0.jpg,10.0,20.0"])
+    (batch,) = iter_manifest_batches(ids, 10, reading=plan_manifest_reading(ids, "gws15k"))
+    assert batch["uri"].to_pylist() == [os.path.join(str(tmp_path), "a/0.jpg")] and batch["lon"].to_pylist() == [20.0]
+    with pytest.raises(ValueError, match="never published"):
+        resolve_manifest_format(_write(tmp_path / "bad.csv", "image_id,lat,lon", ["x,1,2"]), "gws15k")
+
+
+def test_img2dataset_tables_csv_and_parquet(tmp_path: Path) -> None:
+    import hashlib
+
+    import pyarrow.parquet as pq
+
+    csv = _write(tmp_path / "shard.csv", "url,caption,LATITUDE,Longitude",
+                 [f"{HTTP_ROOT}/a.jpg,Eiffel tower,48.8584,2.2945", "b/c.jpg,Opera house,-33.8568,151.2153"])
+    assert detect_format(csv) == "img2dataset"
+    clean, _, report = read_manifest(csv, images_root="http://127.0.0.1:8765/other")
+    assert clean["image_id"].to_pylist() == [hashlib.sha1(u.encode()).hexdigest()[:16]
+                                             for u in (f"{HTTP_ROOT}/a.jpg", "b/c.jpg")]
+    assert clean["uri"].to_pylist() == [f"{HTTP_ROOT}/a.jpg", "http://127.0.0.1:8765/other/b/c.jpg"]
+    assert clean["lat"].to_pylist() == [48.8584, -33.8568] and clean["split"].to_pylist() == ["train", "train"]
+    assert clean["caption"].to_pylist()[1] == "Opera house" and report.reconciles
+    table = pa.table({"key": ["000000001", "000000002"], "URL": ["s3://b/1.jpg", ""], "lat": [1.0, 2.0],
+                      "lon": [3.0, 4.0]})
+    pq.write_table(table, tmp_path / "shard.parquet")
+    parquet = str(tmp_path / "shard.parquet")
+    (batch,) = iter_manifest_batches(parquet, 10, reading=plan_manifest_reading(parquet))
+    streamed, quarantine, _ = validate_manifest(batch)
+    assert streamed["image_id"].to_pylist() == ["000000001"] and streamed["uri"].to_pylist() == ["s3://b/1.jpg"]
+    assert quarantine["reason"].to_pylist() == ["missing_uri"]  # an empty url is quarantined, never joined
+
+
+def test_an_http_images_root_stays_a_url(tmp_path: Path) -> None:
+    from geosurge.data.ingest.plan import _canonical
+    from geosurge.data.manifest import resolve_images_root
+
+    csv = _write(tmp_path / "mp16_places365.csv", "IMG_ID,LAT,LON", ["34/8d/9055806529.jpg,48.8584,2.2945"])
+    reading = plan_manifest_reading(csv, images_root="http://127.0.0.1:9/x")
+    (batch,) = iter_manifest_batches(csv, 10, reading=reading)
+    assert batch["uri"].to_pylist() == ["http://127.0.0.1:9/x/34/8d/9055806529.jpg"]
+    assert read_manifest(csv, images_root="http://127.0.0.1:9/x")[0]["uri"][0].as_py().startswith("http://127.0.0.1:9/x/")
+    assert _canonical("http://127.0.0.1:9/x") == resolve_images_root("http://127.0.0.1:9/x") == "http://127.0.0.1:9/x"
+    assert resolve_images_root("s3://b/p") == "s3://b/p" and resolve_images_root("file:///d") == "file:///d"
+    assert resolve_images_root("rel/dir") == os.path.abspath("rel/dir") and _canonical("file:///d/m.csv") == "/d/m.csv"

@@ -113,6 +113,12 @@ def entrypoint_argv(job_spec: dict) -> list[str]:
     return shlex.split(job_spec["entrypoint"])
 
 
+def flag_values(argv: list[str], flag: str) -> list[str]:
+    """Every value of a repeatable flag, in order."""
+    return [argv[i + 1] if arg == flag else arg.split("=", 1)[1] for i, arg in enumerate(argv)
+            if arg == flag or arg.startswith(flag + "=")]
+
+
 def flag_value(argv: list[str], flag: str) -> str | None:
     for i, arg in enumerate(argv):
         if arg == flag:

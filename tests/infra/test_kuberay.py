@@ -26,6 +26,7 @@ from tests.infra.infra_helpers import (
     docs_of_kind,
     entrypoint_argv,
     flag_value,
+    flag_values,
     manifest_files,
     one,
     pinned,
@@ -202,7 +203,9 @@ def test_retrain_entry_point_exists_and_takes_config_and_set__fails_until_workfl
 
 @pytest.mark.parametrize("where, job", ray_job_specs(), ids=lambda x: x if isinstance(x, str) else "")
 def test_the_config_file_of_each_job_is_mounted_on_the_head_and_is_a_valid_pipeline_config(where, job, tmp_path):
-    config_path = flag_value(entrypoint_argv(job), "--config")
+    # a preset from the image's configs/ first, then the cluster's own file from the ConfigMap, read after it
+    *presets, config_path = flag_values(entrypoint_argv(job), "--config")
+    assert presets == ["configs/geosurge-mp16.yaml"] and (REPO / presets[0]).is_file()
     assert config_path.startswith(CONFIG_MOUNT + "/")
     # the driver runs on the head: the config volume must be mounted there
     head = job["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
@@ -213,8 +216,13 @@ def test_the_config_file_of_each_job_is_mounted_on_the_head_and_is_a_valid_pipel
     assert key in configmap["data"], f"{key} not in ConfigMap {configmap['metadata']['name']}"
     local = tmp_path / key
     local.write_text(configmap["data"][key])
-    config = load_config(str(local))  # rejects any key PipelineConfig does not have
+    config = load_config([str(REPO / p) for p in presets] + [str(local)])  # rejects any unknown key
     assert config.data_root.startswith("s3://")
+    # real imagery, the paper's model: MP-16 and the benchmarks in the bucket, weights staged there too
+    if "retrain" not in config_path:  # retraining reads new manifests from retrain.incoming instead
+        assert config.data.manifests and all(m.startswith("s3://") for m in config.data.manifests)
+    assert config.model.backbone == "vit_large_patch14_clip_336.openai"
+    assert all(b.manifest.startswith("s3://") and b.images_root.startswith("s3://") for b in config.eval.benchmarks)
     # output_dir (Ray Train's storage_path) is on the ReadWriteMany volume that every Ray pod mounts
     for group, pod in pod_specs({"kind": "RayCluster", "spec": job["rayClusterSpec"]}):
         mounts = [m for m in pod["containers"][0]["volumeMounts"] if config.output_dir.startswith(m["mountPath"] + "/")]
@@ -232,8 +240,9 @@ def test_the_config_file_of_each_job_is_mounted_on_the_head_and_is_a_valid_pipel
 def test_the_jobs_log_to_the_clusters_mlflow_server_through_its_proxy(where, job, tmp_path):
     configmap = one("ConfigMap", "geosurge-config")
     local = tmp_path / "config.yaml"
-    local.write_text(configmap["data"][Path(flag_value(entrypoint_argv(job), "--config")).name])
-    config = load_config(str(local))
+    *presets, mounted = flag_values(entrypoint_argv(job), "--config")
+    local.write_text(configmap["data"][Path(mounted).name])
+    config = load_config([str(REPO / p) for p in presets] + [str(local)])
     url = re.fullmatch(r"http://([a-z0-9-]+)\.([a-z0-9-]+)\.svc\.cluster\.local:(\d+)", config.resolved_tracking_uri)
     assert url, config.resolved_tracking_uri
     service = one("Service", url.group(1))

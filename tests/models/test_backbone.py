@@ -218,3 +218,18 @@ def test_frozen_cnn_stages_keep_their_batchnorm_statistics():
     assert backbone.training and not backbone.model.bn1.training and backbone.model.bn2.training
     backbone.eval()
     assert not backbone.model.bn2.training
+
+
+def test_create_model_can_skip_pretrained_weights_and_build_on_the_meta_device(hierarchy, package_weights):
+    cfg = ModelConfig(backbone="efficientnet_lite0", backbone_kwargs={"img_size": 64}, pretrained=True, embed_dim=16,
+                      fusion_blocks=1, fusion_heads=2)
+    spec = HierarchySpec.from_hierarchy(hierarchy)
+    loaded = create_model(cfg, spec)  # positional, as every caller: the packaged ImageNet weights
+    assert torch.equal(loaded.backbone.model.conv_stem.weight, package_weights["_conv_stem.weight"])
+    fresh = create_model(cfg, spec, pretrained=False)  # random init, nothing read
+    assert fresh.backbone.name == "efficientnet_lite0" and loaded.backbone.name == "tf_efficientnet_lite0"
+    assert not torch.equal(fresh.backbone.model.conv_stem.weight, package_weights["_conv_stem.weight"])
+    with torch.device("meta"):  # the CNN's dry-run grid works on meta tensors too
+        counted = create_model(cfg, spec, pretrained=False)
+    assert counted.grid == (2, 2) and all(p.is_meta for p in counted.parameters())
+    assert sum(p.numel() for p in counted.parameters()) == sum(p.numel() for p in fresh.parameters())

@@ -8,6 +8,7 @@ from geosurge.config import ModelConfig
 from geosurge.geo.geocells import GeocellHierarchy
 from geosurge.models import HierarchySpec, create_model
 from geosurge.models.flat import FlatClassifier
+from geosurge.models.tta import ten_crop_views
 from tests.models.model_helpers import TINY_VIT, random_batch, small_hierarchy
 
 TINY = TINY_VIT
@@ -71,3 +72,15 @@ def test_predict_returns_the_argmax_cell_and_its_coordinates(hierarchy):
     lat, lon = hierarchy.cell_coordinates(hierarchy.num_levels - 1)
     assert np.allclose(out["lat"].numpy(), lat[out["cell"].numpy()])
     assert np.allclose(out["lon"].numpy(), lon[out["cell"].numpy()])
+
+
+def test_ten_crop_averages_the_softmax_over_the_ten_views(hierarchy):
+    model = _model(hierarchy).eval()
+    batch = _batch(hierarchy)
+    with torch.no_grad():
+        views = ten_crop_views(batch["image"], None)
+        probs = torch.stack([torch.softmax(model.logits(image), -1) for image, _ in views]).mean(0)
+    out = model.predict(batch, k=3, ten_crop=True)
+    assert torch.equal(out["cell"][:, 0], probs.argmax(-1))
+    assert torch.allclose(out["score"], probs.gather(1, out["cell"]), atol=1e-6)
+    assert not torch.allclose(out["score"], model.predict(batch, k=3)["score"])

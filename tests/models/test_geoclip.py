@@ -18,6 +18,7 @@ from geosurge.models.geoclip import (
     load_gallery,
     load_geoclip_location_weights,
 )
+from geosurge.models.tta import ten_crop_views
 
 TINY = {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 48, "num_heads": 2}
 NO_CELLS = HierarchySpec((1,), (np.array([-1]),), (np.zeros(1),), (np.zeros(1),))  # GeoCLIP ignores the hierarchy
@@ -186,6 +187,21 @@ def test_predict_ranks_the_gallery_and_caches_its_embeddings(small_gallery):
     reloaded = model.gallery_embeddings()
     model.train().eval()
     assert model.gallery_embeddings() is not reloaded
+
+
+def test_ten_crop_averages_the_gallery_probabilities_over_the_ten_views(small_gallery):
+    uri, latlon = small_gallery
+    model = _model(gallery=uri).eval()
+    batch = _batch(4)
+    with torch.no_grad():
+        g = model.encode_locations(latlon[:, 0], latlon[:, 1])
+        views = ten_crop_views(batch["image"], None)
+        probs = torch.stack([F.softmax(model.logits(model.embed_image(image), g), -1) for image, _ in views]).mean(0)
+    top = probs.topk(5, dim=-1)
+    out = model.predict(batch, k=5, ten_crop=True)
+    assert torch.allclose(out["score"], top.values, atol=1e-6)
+    assert torch.allclose(out["lat"], latlon[top.indices, 0], atol=1e-4)
+    assert not torch.allclose(out["score"], model.predict(batch, k=5)["score"])
 
 
 def test_gallery_files(tmp_path):

@@ -17,6 +17,7 @@ from geosurge.models.geodecoder import (
     GeoDecoder,
     scene_from_label_map,
 )
+from geosurge.models.tta import ten_crop_views
 from geosurge.segmentation.ade20k import ADE20K_ID
 from tests.models.model_helpers import TINY_VIT, random_batch, small_hierarchy
 
@@ -221,3 +222,18 @@ def test_scene_with_highest_mean_confidence_is_chosen(hierarchy):
     probs = [F.softmax(t[1], -1).expand(6, -1) for t in targets]
     best = _brute_force(hierarchy, probs).max(-1).values
     assert torch.allclose(out["score"][:, 0].double(), best, atol=1e-4)
+
+
+def test_ten_crop_picks_one_scene_on_the_mean_confidence_and_averages_the_products(hierarchy):
+    model = _model(hierarchy).eval()
+    batch = _batch(hierarchy, n=4)
+    with torch.no_grad():
+        level_logits = [model.query_logits(image) for image, _ in ten_crop_views(batch["image"], batch["label_map"])]
+        scene = torch.stack([model.scene_confidence(l) for l in level_logits]).mean(0).argmax(-1)
+        probs = torch.stack([model.finest_log_scores(l, scene).exp() for l in level_logits]).mean(0)
+    top = probs.topk(5, dim=-1)
+    out = model.predict(batch, k=5, ten_crop=True)
+    assert torch.equal(out["scene"], scene)
+    assert torch.equal(out["cell"], top.indices) and torch.allclose(out["score"], top.values, atol=1e-6)
+    lat, _ = hierarchy.cell_coordinates(hierarchy.num_levels - 1)
+    assert np.allclose(out["lat"].numpy(), lat[top.indices.numpy()])

@@ -55,6 +55,23 @@ def test_train_step_and_inference(name, hierarchy, gallery):
     assert ((out["lat"].abs() <= 90) & (out["lon"].abs() <= 180)).all()
 
 
+@pytest.mark.parametrize("name", list_models())
+def test_ten_crop_keeps_the_output_shapes_and_changes_the_prediction(name, hierarchy, gallery):
+    torch.manual_seed(0)
+    config = ModelConfig(name=name, backbone_kwargs=TINY_VIT, embed_dim=16, fusion_heads=2,
+                         geoclip=GeoClipConfig(gallery=gallery, pretrained_location_encoder=False))
+    model = create_model(config, HierarchySpec.from_hierarchy(hierarchy)).eval()
+    batch = random_batch(hierarchy, n=4, seed=2)
+    single, ten = model.predict(batch, k=3), model.predict(batch, k=3, ten_crop=True)
+    assert set(ten) == set(single)
+    for key, value in single.items():
+        assert ten[key].shape == value.shape and ten[key].dtype == value.dtype, key
+    # averaged probabilities: still sorted and positive, but not the single view's (random weights see each crop
+    # differently)
+    assert (ten["score"][:, :-1] >= ten["score"][:, 1:]).all() and (ten["score"] > 0).all()
+    assert not torch.allclose(ten["score"], single["score"])
+
+
 def test_retrieval_models_have_no_cell():
     from geosurge.serving import predictions_from_arrays
 

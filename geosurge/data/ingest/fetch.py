@@ -123,8 +123,8 @@ class SegmentLabelMaps:
     """Ray Data actor: one segmentation model per actor, label maps for the rows of a block that decoded (the
     others pass through untouched), `batch_size` images at a time."""
 
-    def __init__(self, segmenter: str, grid: int, batch_size: int = 32):
-        self.segmenter = Segmenter(segmenter, grid)
+    def __init__(self, segmenter: str, grid: int, batch_size: int = 32, s3: storage.S3Config | None = None):
+        self.segmenter = Segmenter(segmenter, grid, s3=s3)  # s3: a segmenter folder staged in the bucket
         self.grid = grid
         self.batch_size = batch_size
 

@@ -45,7 +45,11 @@ _ID_FLUSH_ROWS = 1 << 16  # staging: valid ids held before they go to their buck
 
 
 def _canonical(uri: str) -> str:
-    return uri if storage.is_s3(uri) else os.path.abspath(uri.removeprefix("file://"))
+    # the manifest package's one root resolution (URLs kept, local paths absolute); file:// still becomes a plain
+    # path here, so chunk names and staged uris stay what they were
+    from geosurge.data.manifest import resolve_images_root
+
+    return resolve_images_root(uri.removeprefix("file://"))
 
 
 def _stem(uri: str) -> str:
@@ -66,7 +70,7 @@ def chunk_name(tag: str, index: int) -> str:
     return f"{tag}-{index:05d}"
 
 
-def output_fingerprint(config: IngestConfig, hierarchy: GeocellHierarchy | None) -> str:
+def output_fingerprint(config: IngestConfig, hierarchy: GeocellHierarchy | None, val_fraction: float = 0.0) -> str:
     """What shapes a shard row: a change means this manifest's chunks are stale and get redone."""
     shape = {k: getattr(config, k) for k in ("image_size", "label_grid", "segmenter", "max_image_pixels", "shard_rows")}
     # How a public-format manifest is read shapes each row's uri; only set values count, so plans made before
@@ -74,6 +78,8 @@ def output_fingerprint(config: IngestConfig, hierarchy: GeocellHierarchy | None)
     shape.update({k: getattr(config, k) for k in ("manifest_format", "images_root")
                   if getattr(config, k) not in ("auto", None)})
     shape["cells"] = repr(hierarchy) if hierarchy is not None else None
+    if val_fraction:  # which rows become `val` (only when a hold-out is asked for: older plans stay valid)
+        shape["val_fraction"] = val_fraction
     return hashlib.sha1(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -83,12 +89,12 @@ def output_fingerprint(config: IngestConfig, hierarchy: GeocellHierarchy | None)
 @ray.remote(max_retries=3, retry_exceptions=[OSError])
 def _stage_file(uri: str, file_index: int, layout: IngestLayout, staging_tag: str, shard_rows: int, buckets: int,
                 s3: storage.S3Config | None, policy: storage.RetryPolicy, fmt: str = "geosurge",
-                images_root: str | None = None) -> dict:
+                images_root: str | None = None, val_fraction: float = 0.0) -> dict:
     """Stream one manifest file into staged chunks (in our columns whatever its format: the LAT/LON swap is
     decided on the file's head, then applied to every batch), and the ids of its valid rows into hash buckets.
     `staging_tag` names the manifest's staging folder; the file's own tag names its chunks."""
     tag = source_tag(uri)
-    reading = plan_manifest_reading(uri, fmt, images_root, s3)
+    reading = plan_manifest_reading(uri, fmt, images_root, s3, val_fraction=val_fraction)
     messages = list(reading.warnings)
     fs, ids_path = storage.resolve(layout.staged_ids(staging_tag), s3)
     writers: dict[int, pq.ParquetWriter] = {}
@@ -207,7 +213,7 @@ class Plan:
 
 
 def make_plan(manifest_uri: str, layout: IngestLayout, tag: str, fingerprint: str, config: IngestConfig,
-              s3: storage.S3Config | None, policy: storage.RetryPolicy) -> Plan:
+              s3: storage.S3Config | None, policy: storage.RetryPolicy, val_fraction: float = 0.0) -> Plan:
     """Stage the manifest into chunks and find its duplicate ids (Ray tasks); the driver keeps chunk counts.
 
     Each file's format comes from its header here (a bad format or missing column fails before any task runs);
@@ -217,7 +223,7 @@ def make_plan(manifest_uri: str, layout: IngestLayout, tag: str, fingerprint: st
     images_root = _canonical(config.images_root) if config.images_root else None
     clear(layout.staging(tag), s3)
     staged = ray.get([_stage_file.remote(uri, i, layout, tag, config.shard_rows, _ID_BUCKETS, s3, policy, fmt,
-                                         images_root)
+                                         images_root, val_fraction)
                       for i, (uri, fmt) in enumerate(zip(files, formats))])
     for uri, got in zip(files, staged):
         if is_parquet_name(uri) and got["rows"] != parquet_row_count(uri, s3):  # from the footer: a cross-check

@@ -41,7 +41,7 @@ from geosurge.segmentation.segmenter import (
     GEOWORLD_SEGMENTER,
     GROUND_TRUTH_SEGMENTER,
     NO_SEGMENTER,
-    RANDOM_SEGMENTER,
+    is_random_spec,
 )
 
 log = logging.getLogger(__name__)
@@ -97,6 +97,7 @@ def ingest(
     s3: storage.S3Config | None = None,
     hierarchy: GeocellHierarchy | None = None,
     overwrite: bool = False,
+    val_fraction: float = 0.0,
 ) -> IngestResult:
     """Run the ingest stage on a manifest (a Parquet/CSV file or a folder of them, local or s3://); writes
     `<output_uri>/shards/` and `<output_uri>/quarantine/` (Parquet) and `<output_uri>/ingest_report.json`.
@@ -107,9 +108,10 @@ def ingest(
     the result and the report.
 
     Resumes by default (see the package docstring); `overwrite=True` clears the output first. With `hierarchy`,
-    shard rows get `cells` (list<int64>, the cell id at every level)."""
+    shard rows get `cells` (list<int64>, the cell id at every level). `val_fraction`: rows with no split of their
+    own (MP-16, img2dataset tables) go to `val` by a hash of their image id, the rest to `train`."""
     start = time.time()
-    job = _Job(manifest_uri, IngestLayout(output_uri), config, s3, hierarchy)
+    job = _Job(manifest_uri, IngestLayout(output_uri), config, s3, hierarchy, val_fraction)
     _prepare_output(job, overwrite)
     _check_segmenter(job)
     plan, planned_now = _open_plan(job)
@@ -132,6 +134,7 @@ class _Job:
     config: IngestConfig
     s3: storage.S3Config | None
     hierarchy: GeocellHierarchy | None
+    val_fraction: float = 0.0
     driver_retries: int = 0
 
     def __post_init__(self) -> None:
@@ -140,7 +143,7 @@ class _Job:
                                           max_backoff_s=config.fetch_max_backoff_s, timeout_s=config.fetch_timeout_s)
         self.threads = max(1, config.fetch_concurrency)
         self.tag = source_tag(self.manifest_uri)
-        self.fingerprint = output_fingerprint(config, self.hierarchy)
+        self.fingerprint = output_fingerprint(config, self.hierarchy, self.val_fraction)
         self.ground_truth = config.segmenter == GROUND_TRUTH_SEGMENTER
 
     def retrying(self, action):
@@ -151,7 +154,7 @@ class _Job:
 
     def make_plan(self) -> Plan:
         return make_plan(self.manifest_uri, self.layout, self.tag, self.fingerprint, self.config, self.s3,
-                         self.policy)
+                         self.policy, self.val_fraction)
 
     def pending(self, plan: Plan) -> list[str]:
         return self.retrying(lambda: pending_chunks(plan.chunks, self.layout, self.s3, self.threads))
@@ -238,7 +241,7 @@ def _build_pipeline(job: _Job, plan: Plan, pending: list[str]) -> ray.data.Datas
     if not job.ground_truth and config.segmenter != NO_SEGMENTER:
         ds = ds.map_batches(
             SegmentLabelMaps,
-            fn_constructor_args=(config.segmenter, config.label_grid, config.segment_batch_size),
+            fn_constructor_args=(config.segmenter, config.label_grid, config.segment_batch_size, job.s3),
             batch_size=None,  # a whole chunk per call, so each chunk is written as one shard file
             batch_format="pyarrow",
             compute=ActorPoolStrategy(size=config.segment_actors),
@@ -281,7 +284,7 @@ def _reconcile_and_report(job: _Job, plan: Plan, pending: list[str], done_rows: 
         shard_rows=shard_rows,
         quarantined_by_reason=by_reason,
         segmenter=job.config.segmenter,
-        segmenter_is_random=job.config.segmenter == RANDOM_SEGMENTER,
+        segmenter_is_random=is_random_spec(job.config.segmenter),
         seconds=time.time() - start,
         manifest_uri=job.manifest_uri,
         chunks=len(plan.chunks),

@@ -1,5 +1,20 @@
-"""The public image sets as published: MP-16 `mp16_places365.csv`, Im2GPS3k `im2gps3k_places365.csv` and
-YFCC4k `yfcc4k_places365.csv`, read into the manifest schema (a swapped LAT/LON header is detected and fixed)."""
+"""The public image sets as published, read into the manifest schema (a swapped LAT/LON header is detected and
+fixed). All share one layout, `IMG_ID,AUTHOR,LAT,LON,S3_Label,S16_Label,S365_Label,Prob_indoor,Prob_natural,
+Prob_urban` (only IMG_ID/LAT/LON are required), and differ in what IMG_ID holds:
+
+* `mp16` -- MP-16 `mp16_places365.csv` (TIBHannover/GeoEstimation release v1.0): IMG_ID is a path relative to
+  the image folder (`34/8d/9055806529.jpg`); the training set.
+* `im2gps` -- Im2GPS, 237 images, `im2gps_places365.csv` (TIBHannover/GeoEstimation, `meta/` on the
+  `original_tf` branch): IMG_ID is the file name (`104123223_7410c654ba_19_19355699@N00.jpg`).
+* `im2gps3k` -- Im2GPS3k, 2,997 images, `im2gps3k_places365.csv` (same place): IMG_ID is the file name.
+  Some commits of both files name the columns `LON,LAT` while the values stay lat,lon: detected per file.
+* `yfcc4k` -- YFCC4k `yfcc4k_places365.csv` (the copy G3 and others read beside the images of Vo et al.'s
+  `yfcc4k.zip`): IMG_ID is the file name.
+* `yfcc26k` -- YFCC26k ("yfcc25600", 25,600 images), `yfcc25600_places365.csv` (TIBHannover/GeoEstimation
+  release `pytorch`, its validation set): IMG_ID is a relative path as in MP-16 (`45/77/3228511372.jpg`).
+
+Im2GPS has Im2GPS3k's header and YFCC26k has MP-16's, so 'auto' keeps reading them as it always did (Im2GPS3k;
+YFCC4k for a `yfcc*` file name, else MP-16): name them with `format:`. Only the split and the name differ."""
 
 from __future__ import annotations
 
@@ -9,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from geosurge.data.manifest.files import _parent_uri, _read_raw
+from geosurge.data.manifest.roots import resolve_images_root
 from geosurge.data.manifest.schema import (
     _as_string,
     _coord_column,
@@ -23,9 +39,9 @@ from geosurge.data.manifest.schema import (
 from geosurge.data.manifest.swap import check_latlon_swap
 from geosurge.storage import S3Config, join
 
-_PUBLIC_FORMATS = ("mp16", "im2gps3k", "yfcc4k")
+_PUBLIC_FORMATS = ("mp16", "im2gps3k", "yfcc4k", "im2gps", "yfcc26k")
 # The role each public set plays in the literature: MP-16 is the training set, the others are benchmarks.
-_PUBLIC_SPLITS = {"mp16": "train", "im2gps3k": "test", "yfcc4k": "test"}
+_PUBLIC_SPLITS = {"mp16": "train", "im2gps3k": "test", "yfcc4k": "test", "im2gps": "test", "yfcc26k": "test"}
 _PUBLIC_LABELS = {"s3_label": "scene3", "s16_label": "scene16", "s365_label": "scene365"}
 
 _PUBLIC_FLOATS = ("prob_indoor", "prob_natural", "prob_urban")  # Places365 scene probabilities (Im2GPS3k, MP-16)
@@ -105,6 +121,7 @@ def read_places365_csv(
                 "(e.g. s3://bucket/mp16/images)"
             )
         images_root = _parent_uri(uri)
+    images_root = resolve_images_root(images_root)
     raw = _read_raw(uri, s3, ("IMG_ID", "LAT", "LON"))
     swap = latlon_swap_warning(raw, dataset, uri)
     if swap:
@@ -126,3 +143,14 @@ def read_im2gps3k(uri: str, images_root: str | None = None, s3: S3Config | None 
 def read_yfcc4k(uri: str, images_root: str | None = None, s3: S3Config | None = None) -> pa.Table:
     """YFCC4k `yfcc4k_places365.csv` -> manifest table (before validation); optional columns may be absent."""
     return read_places365_csv(uri, "yfcc4k", images_root, s3)
+
+
+def read_im2gps(uri: str, images_root: str | None = None, s3: S3Config | None = None) -> pa.Table:
+    """Im2GPS (237 images) `im2gps_places365.csv` -> manifest table (before validation), split "test"."""
+    return read_places365_csv(uri, "im2gps", images_root, s3)
+
+
+def read_yfcc26k(uri: str, images_root: str | None = None, s3: S3Config | None = None) -> pa.Table:
+    """YFCC26k `yfcc25600_places365.csv` -> manifest table (before validation), split "test"; IMG_ID is a relative
+    path (`45/77/3228511372.jpg`) under `images_root` (default: the CSV's folder)."""
+    return read_places365_csv(uri, "yfcc26k", images_root, s3)

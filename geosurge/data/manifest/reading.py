@@ -22,6 +22,14 @@ from geosurge.data.manifest.files import (
     _parent_uri,
     _read_raw,
 )
+from geosurge.data.manifest.gws15k import GWS15K, conform_gws15k_batch, gws15k_columns, read_gws15k
+from geosurge.data.manifest.holdout import NO_SPLIT_FORMATS, assign_holdout, train_where_unsplit
+from geosurge.data.manifest.img2dataset import (
+    IMG2DATASET,
+    conform_img2dataset_batch,
+    img2dataset_columns,
+    read_img2dataset,
+)
 from geosurge.data.manifest.public import (
     _PUBLIC_FORMATS,
     _public_columns,
@@ -29,6 +37,7 @@ from geosurge.data.manifest.public import (
     latlon_swap_warning,
     read_places365_csv,
 )
+from geosurge.data.manifest.roots import resolve_images_root
 from geosurge.data.manifest.schema import (
     FORMATS,
     QUARANTINE_SCHEMA,
@@ -50,20 +59,24 @@ from geosurge.storage import S3Config, is_s3, join, resolve
 
 
 def detect_format(uri: str, s3: S3Config | None = None) -> str:
-    """One of FORMATS, from the columns (our names -> 'geosurge'; IMG_ID/LAT/LON -> a public format).
+    """One of FORMATS, from the columns (our names -> 'geosurge'; IMG_ID/LAT/LON -> a public format; a `url`
+    column without `uri` -> 'img2dataset').
 
     Among the public formats the file name decides when it names the set (mp16, im2gps, yfcc); otherwise ids
     that are relative paths mean MP-16, an AUTHOR column means Im2GPS3k, and anything else reads as YFCC4k.
+    Im2GPS, YFCC26k and GWS15k share their header with one of those, so they are never guessed: name them.
     """
     head = _head(uri, s3)
     cols = head.column_names
     lower = {c.lower() for c in cols}
     if {"image_id", "uri"} <= set(cols):
         return "geosurge"
+    if "img_id" not in lower and "url" in lower and "uri" not in lower:  # checked after IMG_ID: as before for those
+        return IMG2DATASET
     if "img_id" not in lower:
         raise ValueError(
-            f"cannot tell the manifest format of {uri}: expected our columns {list(REQUIRED_COLUMNS)} or the "
-            f"public IMG_ID/LAT/LON columns; found columns: {cols}"
+            f"cannot tell the manifest format of {uri}: expected our columns {list(REQUIRED_COLUMNS)}, the "
+            f"public IMG_ID/LAT/LON columns or an img2dataset url column; found columns: {cols}"
         )
     base = posixpath.basename(uri.rstrip("/")).lower()
     for hint, fmt in (("mp16", "mp16"), ("mp-16", "mp16"), ("im2gps", "im2gps3k"), ("yfcc", "yfcc4k")):
@@ -108,6 +121,10 @@ def read_manifest(
         table = read_geosurge(uri, s3)
     elif fmt in _PUBLIC_FORMATS:
         table = read_places365_csv(uri, fmt, images_root, s3)
+    elif fmt == IMG2DATASET:
+        table = read_img2dataset(uri, images_root, s3)
+    elif fmt == GWS15K:
+        table = read_gws15k(uri, images_root, s3)
     else:
         raise ValueError(f"unknown manifest format {format!r}; expected 'auto' or one of {FORMATS}")
     if validate:
@@ -211,15 +228,27 @@ class ManifestReading:
 
     uri: str
     format: str  # one of FORMATS
-    images_root: str | None = None  # public formats: uri = join(images_root, IMG_ID)
+    images_root: str | None = None  # formats other than ours: where relative ids/urls are joined (resolved)
     latlon_swapped: bool = False  # public formats: the columns named LAT and LON hold lon and lat
     warnings: tuple[str, ...] = ()  # what the head showed (a swapped header), for the caller's report
+    val_fraction: float = 0.0  # rows with no split of their own: this share goes to `val` by id hash (holdout.py)
 
     def conform(self, batch: pa.Table) -> pa.Table:
         """One raw batch -> manifest columns, before validation (see `batch_warnings` for label problems)."""
+        table = self._conform(batch)
+        # MP-16 has no splits at all (its reader says "train"); img2dataset tables and our own columns may leave
+        # `split` empty: those rows are held out by id hash
+        table = assign_holdout(table, self.val_fraction, every_row=self.format in NO_SPLIT_FORMATS)
+        return train_where_unsplit(table) if self.format == IMG2DATASET else table  # the rest trains
+
+    def _conform(self, batch: pa.Table) -> pa.Table:
         if self.format == "geosurge":
             return conform_geosurge_batch(batch)
         assert self.images_root is not None
+        if self.format == IMG2DATASET:
+            return conform_img2dataset_batch(batch, self.images_root, self.uri)
+        if self.format == GWS15K:
+            return conform_gws15k_batch(batch, self.images_root, self.uri)
         return conform_places365_batch(batch, self.format, self.images_root, self.latlon_swapped, self.uri)
 
 
@@ -245,27 +274,35 @@ def resolve_manifest_format(uri: str, format: str = "auto", s3: S3Config | None 
     names = manifest_columns(uri, s3)
     if fmt == "geosurge":
         _require_columns(names, REQUIRED_COLUMNS, f"manifest {uri}")
+    elif fmt == IMG2DATASET:
+        img2dataset_columns(names, uri)
+    elif fmt == GWS15K:
+        gws15k_columns(names, uri)
     else:
         _public_columns(names, fmt, uri)
     return fmt
 
 
 def plan_manifest_reading(uri: str, format: str = "auto", images_root: str | None = None,
-                          s3: S3Config | None = None, sample_rows: int = SWAP_SAMPLE_ROWS) -> ManifestReading:
-    """Decide how to stream one manifest file: its format ('auto' or one of FORMATS) and, for the public formats,
-    the images root (default: the folder holding the file, for MP-16 too) and whether the LAT/LON header names
-    are swapped, judged on the first `sample_rows` rows (memory stays bounded on a 4.72 M-row MP-16 file)."""
+                          s3: S3Config | None = None, sample_rows: int = SWAP_SAMPLE_ROWS,
+                          val_fraction: float = 0.0) -> ManifestReading:
+    """Decide how to stream one manifest file: its format ('auto' or one of FORMATS) and, for the other formats,
+    the images root (`resolve_images_root`; default: the folder holding the file, for MP-16 too) and, for the
+    public formats, whether the LAT/LON header names are swapped, judged on the first `sample_rows` rows (memory
+    stays bounded on a 4.72 M-row MP-16 file). `val_fraction`: see `ManifestReading`."""
     fmt = resolve_manifest_format(uri, format, s3)
     if fmt == "geosurge":
-        return ManifestReading(uri, fmt)
+        return ManifestReading(uri, fmt, val_fraction=val_fraction)
+    root = resolve_images_root(images_root) if images_root is not None else _parent_uri(uri)
+    if fmt in (IMG2DATASET, GWS15K):  # our own coordinate names: no swapped header to look for
+        return ManifestReading(uri, fmt, root, val_fraction=val_fraction)
     head = next(_iter_raw_batches(uri, sample_rows, s3), None)
     messages: tuple[str, ...] = ()
     if head is not None:
         sample = f" on the first {head.num_rows} rows"
         swap = latlon_swap_warning(head, fmt, uri, sample)
         messages = (swap,) if swap else ()
-    root = images_root if images_root is not None else _parent_uri(uri)
-    return ManifestReading(uri, fmt, root, bool(messages), messages)
+    return ManifestReading(uri, fmt, root, bool(messages), messages, val_fraction)
 
 
 def iter_manifest_batches(uri: str, rows: int, s3: S3Config | None = None,
@@ -282,13 +319,17 @@ def iter_manifest_batches(uri: str, rows: int, s3: S3Config | None = None,
 
 
 def manifest_coordinates(uri: str, split: str | None = None, s3: S3Config | None = None,
-                         batch_rows: int = 200_000) -> tuple[np.ndarray, np.ndarray]:
+                         batch_rows: int = 200_000, format: str = "geosurge", images_root: str | None = None,
+                         val_fraction: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """(lat, lon) float64 arrays of the manifest's valid rows (of `split`, when given), streamed batch by batch:
     what the geocell hierarchy is built from, without holding the manifest's other columns. Rows with bad
-    coordinates or ids are left out as ingest quarantines them; a duplicated id counts once per copy."""
+    coordinates or ids are left out as ingest quarantines them; a duplicated id counts once per copy. The
+    manifest is read as ingest reads it (`format`, `images_root`, `val_fraction`), so both agree on every
+    row's split."""
     lats, lons = [], []
     for file_uri in list_manifest_files(uri, s3):
-        for batch in iter_manifest_batches(file_uri, batch_rows, s3):
+        reading = plan_manifest_reading(file_uri, format, images_root, s3, val_fraction=val_fraction)
+        for batch in iter_manifest_batches(file_uri, batch_rows, s3, reading):
             keep = manifest_row_ok(batch)
             if split is not None:
                 keep &= (batch.column("split").to_numpy(zero_copy_only=False) == split)

@@ -54,7 +54,9 @@ MISSING_URI = "missing_uri"
 # Order = priority: a row gets the first reason that applies, so each row is quarantined exactly once.
 REASONS: tuple[str, ...] = (MISSING_ID, MISSING_URI, BAD_COORDINATES, DUPLICATE_ID)
 
-FORMATS: tuple[str, ...] = ("geosurge", "mp16", "im2gps3k", "yfcc4k")
+# 'auto' (reading.detect_format) tells the first four and img2dataset apart; im2gps, yfcc26k and gws15k share a
+# header with another format and are only read when named.
+FORMATS: tuple[str, ...] = ("geosurge", "mp16", "im2gps3k", "yfcc4k", "im2gps", "yfcc26k", "gws15k", "img2dataset")
 # Reader warnings travel with the table in its schema metadata, so validate_manifest can report them.
 _WARNINGS_KEY = b"geosurge.manifest.warnings"
 
@@ -222,6 +224,16 @@ def _conform(table: pa.Table, replace: dict[str, pa.Array]) -> pa.Table:
         if name not in cols:
             cols[name] = table.column(name)
     return pa.table(cols)
+
+
+def _conform_passing(table: pa.Table, used: set[str], replace: dict[str, pa.Array], what: str) -> pa.Table:
+    """`_conform` for a table whose columns `used` made the core columns in `replace`: the other columns pass
+    through, and one that would take a core column's name is an error rather than a silent overwrite."""
+    rest = [c for c in table.column_names if c not in used]
+    clash = [c for c in rest if c in replace or c in REQUIRED_COLUMNS]
+    if clash:
+        raise ValueError(f"{what}: column(s) {clash} clash with the manifest columns made from {sorted(used)}")
+    return _conform(table.select(rest), replace)
 
 
 def _strict_schema(schema: pa.Schema) -> pa.Schema:
