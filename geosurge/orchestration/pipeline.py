@@ -88,8 +88,9 @@ def check_pipeline_config(config: PipelineConfig) -> None:
 
 def manifest_identity(manifests: list[str], s3) -> list[dict]:
     """What identifies the content of every manifest file: `storage.stat` of each file (a folder's files listed)."""
-    files = [uri if storage.is_http(uri) else f for uri in manifests
-             for f in ([uri] if storage.is_http(uri) else list_manifest_files(uri, s3))]
+    files: list[str] = []
+    for uri in manifests:
+        files += [uri] if storage.is_http(uri) else list_manifest_files(uri, s3)
     return [storage.stat(f, s3) for f in files]
 
 
