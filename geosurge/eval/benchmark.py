@@ -31,7 +31,6 @@ from geosurge.data.manifest import (
     FORMATS,
     QUARANTINE_SCHEMA,
     read_manifest,
-    resolve_images_root,
     validate_manifest,
 )
 from geosurge.geo.distance import haversine_km
@@ -121,9 +120,8 @@ def read_benchmark(benchmark: BenchmarkConfig, config: PipelineConfig) -> tuple[
     uri = benchmark_manifest_uri(benchmark, config)
     # GeoWorld writes our own manifest columns; the reader calls that format "geosurge"
     fmt = "geosurge" if benchmark.format == "geoworld" and "geoworld" not in FORMATS else benchmark.format
-    # one spelling of the root everywhere: an http:// root must stay a URL, a relative path becomes absolute
-    images_root = resolve_images_root(benchmark.images_root) if benchmark.images_root else None
-    raw, _, report = read_manifest(uri, fmt, images_root, config.s3, validate=False)
+    # the readers spell every images_root one way (`resolve_images_root`): an http:// root stays a URL
+    raw, _, report = read_manifest(uri, fmt, benchmark.images_root, config.s3, validate=False)
     if benchmark.split is not None:
         if "split" not in raw.column_names:
             raise ValueError(f"benchmark {benchmark.name!r}: {uri} has no split column to select {benchmark.split!r}")

@@ -29,6 +29,7 @@ from geosurge.data.manifest import (
     manifest_row_ok,
     parquet_row_count,
     plan_manifest_reading,
+    resolve_images_root,
     resolve_manifest_format,
 )
 from geosurge.geo.geocells import GeocellHierarchy
@@ -47,8 +48,6 @@ _ID_FLUSH_ROWS = 1 << 16  # staging: valid ids held before they go to their buck
 def _canonical(uri: str) -> str:
     # the manifest package's one root resolution (URLs kept, local paths absolute); file:// still becomes a plain
     # path here, so chunk names and staged uris stay what they were
-    from geosurge.data.manifest import resolve_images_root
-
     return resolve_images_root(uri.removeprefix("file://"))
 
 
