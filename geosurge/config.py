@@ -384,7 +384,7 @@ def _from_dict(cls: type, d: dict[str, Any]) -> Any:
     for key, value in d.items():
         hint = hints[key]
         sub = _dataclass_in(hint)
-        kwargs[key] = _from_dict(sub, value) if sub is not None and isinstance(value, dict) else _coerce(hint, value)
+        kwargs[key] = _from_dict(sub, value) if sub is not None and isinstance(value, dict) else _coerce(hint, value, key)
     return cls(**kwargs)
 
 
@@ -397,15 +397,22 @@ def _dataclass_in(hint: Any) -> type | None:
     return None
 
 
-def _coerce(hint: Any, value: Any) -> Any:
-    # YAML gives lists for tuples and ints for floats; make them the declared type.
+def _coerce(hint: Any, value: Any, key: str = "") -> Any:
+    # YAML gives lists for tuples and ints for floats; make them the declared type. YAML 1.1 (PyYAML) also reads
+    # an exponent without a dot (`--set train.lr=1e-5`) as text: a number field takes it as the number it spells.
     origin = typing.get_origin(hint)
     if origin is tuple and isinstance(value, list):
         return tuple(value)
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+    numeric = hint is float or (origin in (typing.Union, types.UnionType) and float in typing.get_args(hint))
+    if not numeric or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
         return float(value)
-    if origin in (typing.Union, types.UnionType) and float in typing.get_args(hint) and isinstance(value, int):
-        return float(value) if not isinstance(value, bool) else value
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"{key or 'a number field'}: expected a number, got {value!r}") from None
     return value
 
 

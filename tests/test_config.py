@@ -39,3 +39,11 @@ def test_credentials_are_never_in_the_logged_config():
     text = config.to_yaml() + repr(config)
     assert "AKIAEXAMPLE" not in text and "s3cr3t" not in text
     assert config.to_dict(redact_secrets=False)["s3"]["secret_access_key"] == "s3cr3t"
+
+
+def test_an_exponent_without_a_dot_is_a_number_and_text_in_a_number_field_is_refused():
+    # PyYAML reads `1e-3` as text (YAML 1.1 wants `1.0e-3`): the README's `--set train.lr=1e-3` must still work
+    config = load_config(overrides=["train.lr=1e-3", "retrain.lr=5e-5", "data.val_fraction=2e-2"])
+    assert (config.train.lr, config.retrain.lr, config.data.val_fraction) == (1e-3, 5e-5, 2e-2)
+    with pytest.raises(ValueError, match="lr: expected a number, got 'fast'"):
+        load_config(overrides=["train.lr=fast"])

@@ -1,0 +1,27 @@
+"""The retraining job's config for fine-tuning: what stays the champion's, what comes from `retrain`, and the run
+name that lets a resubmitted run for the same new imagery resume."""
+
+from types import SimpleNamespace
+
+from geosurge.config import load_config
+from geosurge.orchestration.retrain import fine_tune_config
+from geosurge.orchestration.retraining import IncomingManifest
+
+
+def test_fine_tuning_keeps_the_champions_model_and_geocells_and_takes_epochs_and_lr_from_retrain():
+    champion = SimpleNamespace(config=load_config(overrides=[
+        "model.embed_dim=96", "geocells.tau_max=[90, 30]", "geocells.tau_min=3", "ingest.image_size=48",
+        "ingest.label_grid=6", "ingest.segmenter=/models/seg"]))
+    config = load_config(overrides=["retrain.epochs=3", "retrain.lr=1e-5", "train.epochs=20", "ingest.image_size=64",
+                                    "ingest.fetch_concurrency=4", "run_name=nightly"])
+    new = [IncomingManifest("s3://b/incoming/a.csv", 1.0), IncomingManifest("s3://b/incoming/b.csv", 2.0)]
+    tuned = fine_tune_config(config, champion, new, "s3://b/retrain/init-v3.pt")
+    assert tuned.model == champion.config.model and tuned.geocells == champion.config.geocells
+    assert (tuned.ingest.image_size, tuned.ingest.label_grid, tuned.ingest.segmenter) == (48, 6, "/models/seg")
+    assert tuned.ingest.fetch_concurrency == 4  # how to fetch stays this run's
+    assert (tuned.train.epochs, tuned.train.lr, tuned.train.init_weights) == (3, 1e-5, "s3://b/retrain/init-v3.pt")
+    assert config.train.init_weights is None  # the caller's config is not changed
+    # the same new imagery always gives the same run name (resume); other imagery another one
+    assert tuned.run_name.startswith("nightly-retrain-")
+    assert fine_tune_config(config, champion, new, "x").run_name == tuned.run_name
+    assert fine_tune_config(config, champion, new[:1], "x").run_name != tuned.run_name
