@@ -11,13 +11,13 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from geosurge.config_parsing import apply_override, deep_update, from_dict
 
 MAX_H3_RESOLUTION = 15  # H3's finest resolution
 
@@ -33,6 +33,13 @@ class S3Config:
 
     def __repr__(self) -> str:  # keep secrets out of logs and MLflow params
         return f"S3Config(endpoint_url={self.endpoint_url!r}, region={self.region!r}, credentials=<hidden>)"
+
+    def without_secrets(self) -> S3Config:
+        return S3Config(endpoint_url=self.endpoint_url, region=self.region)
+
+    # pickled (any Ray task argument; copy.copy/deepcopy too) without keys: the receiver uses its own AWS chain
+    def __getstate__(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.without_secrets())
 
 
 @dataclass
@@ -99,7 +106,9 @@ class IngestConfig:
     segment_batch_size: int = 32
     segment_actors: int = 1  # size of the segmentation actor pool
     gpus_per_segment_actor: float = 0.0
-    max_image_pixels: int = 100_000_000  # decompression-bomb guard
+    max_image_pixels: int = 40_000_000  # decompression-bomb guard, read from the header (PIL's is ~89 M)
+    max_image_bytes: int = 32 << 20  # no image read takes more: size checked first where known, else streamed
+    large_decode_pixels: int = 12_000_000  # decodes above this run one at a time per process (memory)
     # manifest rows per chunk: the unit of work, of resume and of output files (one shard file per chunk)
     shard_rows: int = 1000
     # fetching image bytes (local, s3://, http(s)://): I/O bound, so threads inside each fetch task
@@ -110,6 +119,8 @@ class IngestConfig:
     fetch_backoff_s: float = 0.5
     fetch_max_backoff_s: float = 30.0
     fetch_timeout_s: float = 30.0  # connect and per-request timeout
+    fetch_deadline_s: float = 120.0  # total for one image, retries included: a trickled body cannot stall it
+    chunk_timeout_s: float = 1800.0  # one chunk's fetch + decode; rows still unread then are quarantined
     progress_interval_s: float = 10.0  # a progress line (rows done / total, images/s) at most this often
     # "auto" (from each file's header), "geosurge" (our columns), a public CSV as published: "mp16", "im2gps",
     # "im2gps3k", "yfcc4k", "yfcc26k", "gws15k" (IMG_ID, LAT, LON, S*_Label, ...), or "img2dataset" (url, lat, lon);
@@ -117,6 +128,14 @@ class IngestConfig:
     manifest_format: str = "auto"
     # public formats: image uri = images_root/IMG_ID; None: the folder holding each manifest file
     images_root: str | None = None
+    allowed_uri_prefixes: tuple[str, ...] = ()  # every uri must start with one (else bad_uri); empty: any uri
+
+
+@dataclass
+class ServingConfig:
+    """What the served model takes from a caller: bytes; a `uri` only if allowed, under a prefix (uri_access.py)."""
+    allow_uri_input: bool = False
+    allowed_uri_prefixes: tuple[str, ...] = ()  # e.g. ("s3://photos/incoming/",); empty: no uri is read
 
 
 @dataclass
@@ -158,6 +177,7 @@ class GeoClipConfig:
     gallery: str = "geoclip"  # "geoclip": the package's 100K GPS gallery; else a Parquet/CSV URI with lat, lon
     pretrained_location_encoder: bool = True  # the released weights that ship inside the geoclip package
     logit_scale_init: float = 2.6592  # log(1/0.07), as CLIP; the released model learned 3.681
+    released_image_head: bool | None = None  # CLIP ViT-L/14: released image MLP + logit scale; None: as the line above
 
 
 @dataclass
@@ -169,6 +189,7 @@ class GeoDecoderConfig:
     decoder_layers: int = 2
     hierarchy_layers: int = 1
     heads: int = 4
+    scene_loss_weight: float = 1.0  # the scene channel's cross-entropy (its logits pick the scene at inference)
 
 
 @dataclass
@@ -187,6 +208,7 @@ class ModelConfig:
     fusion_heads: int = 4
     temperature_init: float = 0.07
     cell_init: str = "random"  # "geoclip": cell embeddings from GeoCLIP's location encoder at each cell's coordinate
+    semantic_tokens: str = "histogram"  # per-patch class shares of the stored label map, or "majority" class only
     geoclip: GeoClipConfig = field(default_factory=GeoClipConfig)
     geodecoder: GeoDecoderConfig = field(default_factory=GeoDecoderConfig)
 
@@ -213,6 +235,7 @@ class TrainConfig:
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     zero_stage: int = 2
+    zero3_param_persistence_threshold: int = 100_000  # ZeRO-3 keeps smaller parameters whole (DeepSpeed's default)
     bf16: bool = False
     epochs: int = 8
     batch_size: int = 32  # per worker, per micro-step
@@ -225,6 +248,7 @@ class TrainConfig:
     early_stopping_patience: int | None = 4  # stop after this many epochs without val gain (paper: 4); None: never
     early_stopping_min_delta: float = 0.0  # a gain is a val loss below the best by more than this
     checkpoints_to_keep: int = 1  # best checkpoints kept by val loss; the latest is always kept too (for resume)
+    storage_path: str | None = None  # Ray Train checkpoints; None: <output_dir>/ray_results; s3://… with our S3 settings
     max_failures: int = 2  # worker-group restarts from the latest checkpoint after a lost worker
     log_every_n_steps: int = 10  # per-step MLflow metrics every N optimizer steps (rank 0)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -272,6 +296,7 @@ class EvalConfig:
     min_improvement: float = 0.0  # the challenger must beat the champion by more than this
     decision_benchmark: str | None = None  # the benchmark the decision is made on; None: the first one
     promote: bool = True  # False: evaluate and record the decision, but leave the champion alias alone
+    min_evaluated_fraction: float = 0.98  # of the decision benchmark's images both models read; fewer: keep champion
     benchmarks: list[BenchmarkConfig] = field(
         default_factory=lambda: [BenchmarkConfig(name="geoworld_test", format="geoworld", split="test")]
     )
@@ -280,7 +305,7 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         # YAML and --set give benchmarks as mappings
-        self.benchmarks = [b if isinstance(b, BenchmarkConfig) else _from_dict(BenchmarkConfig, b)
+        self.benchmarks = [b if isinstance(b, BenchmarkConfig) else from_dict(BenchmarkConfig, b)
                            for b in self.benchmarks]
 
 
@@ -331,6 +356,7 @@ class PipelineConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    serving: ServingConfig = field(default_factory=ServingConfig)  # carried in the registered model
 
     # -- derived locations -------------------------------------------------------------------------
     @property
@@ -368,68 +394,7 @@ class PipelineConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PipelineConfig:
-        return _from_dict(cls, d)
-
-
-def _from_dict(cls: type, d: dict[str, Any]) -> Any:
-    """Build dataclass `cls` from a (possibly partial) nested dict, rejecting unknown keys."""
-    if not isinstance(d, dict):
-        raise TypeError(f"{cls.__name__}: expected a mapping, got {type(d).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(d) - names
-    if unknown:
-        raise ValueError(f"{cls.__name__}: unknown key(s) {sorted(unknown)}; known: {sorted(names)}")
-    kwargs = {}
-    for key, value in d.items():
-        hint = hints[key]
-        sub = _dataclass_in(hint)
-        kwargs[key] = _from_dict(sub, value) if sub is not None and isinstance(value, dict) else _coerce(hint, value, key)
-    return cls(**kwargs)
-
-
-def _dataclass_in(hint: Any) -> type | None:
-    if dataclasses.is_dataclass(hint):
-        return hint
-    for arg in typing.get_args(hint):
-        if dataclasses.is_dataclass(arg):
-            return arg
-    return None
-
-
-def _coerce(hint: Any, value: Any, key: str = "") -> Any:
-    # YAML gives lists for tuples and ints for floats; make them the declared type. YAML 1.1 (PyYAML) also reads
-    # an exponent without a dot (`--set train.lr=1e-5`) as text: a number field takes it as the number it spells.
-    origin = typing.get_origin(hint)
-    if origin is tuple and isinstance(value, list):
-        return tuple(value)
-    numeric = hint is float or (origin in (typing.Union, types.UnionType) and float in typing.get_args(hint))
-    if not numeric or isinstance(value, bool):
-        return value
-    if isinstance(value, int):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            raise ValueError(f"{key or 'a number field'}: expected a number, got {value!r}") from None
-    return value
-
-
-def apply_override(d: dict[str, Any], assignment: str) -> None:
-    """Apply one `a.b.c=value` override (value parsed as YAML) to a nested dict in place."""
-    if "=" not in assignment:
-        raise ValueError(f"override {assignment!r} is not of the form key.path=value")
-    path, raw = assignment.split("=", 1)
-    keys = path.strip().split(".")
-    node = d
-    for key in keys[:-1]:
-        if not isinstance(node.get(key), dict):
-            raise ValueError(f"override {assignment!r}: {key!r} is not a config section")
-        node = node[key]
-    if keys[-1] not in node:
-        raise ValueError(f"override {assignment!r}: unknown key {keys[-1]!r}; known: {sorted(node)}")
-    node[keys[-1]] = yaml.safe_load(raw) if raw.strip() else None
+        return from_dict(cls, d)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -456,19 +421,7 @@ def load_config(paths: str | list[str] | None = None, overrides: list[str] | Non
             raise FileNotFoundError(f"config file {path} does not exist") from None
         if not isinstance(loaded, dict):
             raise ValueError(f"config file {path}: expected a mapping of config sections, got {type(loaded).__name__}")
-        _deep_update(d, loaded, PipelineConfig)
+        deep_update(d, loaded, PipelineConfig)
     for assignment in overrides or []:
         apply_override(d, assignment)
     return PipelineConfig.from_dict(d)
-
-
-def _deep_update(base: dict, new: dict, cls: type) -> None:
-    """Merge a config file into `base` section by section. A mapping that is a value (e.g. `model.backbone_kwargs`)
-    is replaced whole, so a later file never inherits keys meant for an earlier file's backbone."""
-    hints = typing.get_type_hints(cls)
-    for key, value in new.items():
-        section = _dataclass_in(hints[key]) if key in hints else None
-        if section is not None and isinstance(value, dict) and isinstance(base.get(key), dict):
-            _deep_update(base[key], value, section)
-        else:
-            base[key] = value

@@ -111,6 +111,11 @@ class DataRoot:
     def retrain_watermark(self) -> str:
         return join(self.retrain, "watermark.json")
 
+    @property
+    def promotion_lock(self) -> str:
+        """Held while an eval job decides and moves the champion alias: one decision at a time."""
+        return join(self.root, "eval", "promotion_lock.json")
+
     def champion_geocells(self, version: str) -> str:
         return join(self.retrain, f"geocells-v{version}.parquet")
 
@@ -127,6 +132,11 @@ class RunFolder:
     @property
     def ray_results(self) -> str:
         return str(Path(self.root, "ray_results").absolute())
+
+    @property
+    def logs(self) -> str:
+        """What the console leaves out: Ray, Ray Data, Ray Train, DeepSpeed and transformers output."""
+        return str(Path(self.root, "logs").absolute())
 
     def segmenter(self, key: str) -> str:
         """The segmenter the `segmenter` stage trains, by its stage key."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 
+from geosurge import console
 from geosurge.config import PipelineConfig
 
 
@@ -23,6 +24,10 @@ def init_ray(config: PipelineConfig) -> None:
         train_cpus = math.ceil(config.train.num_workers * config.train.cpus_per_worker)
         num_cpus = config.ray.num_cpus or (os.cpu_count() or 1) + train_cpus
     ray.init(address=address, num_cpus=num_cpus, log_to_driver=True)
+    console.route_worker_output()  # a quiet console: the workers' output to the run's logs/workers.log
     import ray.data
 
-    ray.data.DataContext.get_current().enable_progress_bars = False  # log lines, not bars, in job logs
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # log lines, not bars, in job logs
+    context.print_on_execution_start = not console.is_quiet()  # each execution plan: in the log file only
+    console.silence_library_loggers()  # Ray Data installs its console handler at import

@@ -9,7 +9,13 @@ credential chain; credentials are never printed or logged. Image URLs in manifes
 Fetching many objects (`Fetcher`) retries with exponential backoff and full jitter on throttling (S3
 SlowDown/503, HTTP 429), other 5xx answers, connection errors and timeouts, and never on a missing object or a
 refused one (404/403); it counts its retries so a stage can report them. A fetch that still fails raises
-`FetchFailed` with a quarantine reason: `not_found`, `timeout` or `fetch_error`.
+`FetchFailed` with a quarantine reason: `not_found`, `timeout`, `fetch_error`, `too_large` or `bad_uri`.
+
+Every image read is bounded: at most `max_bytes` (checked on the size the store reports before reading, then
+while streaming), and within a total `RetryPolicy.deadline_s` per fetch, retries included (a body trickled a
+byte at a time trips it; a per-socket timeout alone never does). `UriAccess` says what a reader may open when
+the URI comes from someone else (serving): no local path, no redirect, no private address, allowed prefixes
+only. `redact_uri` is what any URI looks like in a log, a quarantine detail or a report.
 """
 
 from __future__ import annotations
@@ -19,13 +25,14 @@ import posixpath
 import random
 import re
 import socket
+import stat as stat_mode
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
-from urllib.parse import urlparse
+from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -34,6 +41,7 @@ import pyarrow.parquet as pq
 from geosurge.config import (
     S3Config,  # re-exported: callers annotate with storage.S3Config
 )
+from geosurge.uri_access import UriAccess, UriRefused  # re-exported: readers take them from here
 
 T = TypeVar("T")
 
@@ -45,6 +53,34 @@ def is_s3(uri: str) -> bool:
 
 def is_http(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
+
+
+# Query parameters that carry a credential: presigned S3/GCS/Azure URLs, OAuth-style tokens, API keys.
+_SECRET_PARAM = re.compile(r"(?i)(signature|credential|security-token|token|secret|password|passwd|api[-_]?key|"
+                           r"^key$|^sig$|^se$|^sp$|^sv$|^skoid$|^sktid$|accesskeyid)")
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+REDACTED = "REDACTED"
+
+
+def redact_uri(uri: str) -> str:
+    """`uri` (or any text holding URIs, e.g. an error message) as it may be logged: `user:pass@` and the values of
+    credential-bearing query parameters (X-Amz-Signature, X-Amz-Credential, tokens, keys) replaced by REDACTED."""
+    return _URL_IN_TEXT.sub(lambda m: _redact_one(m.group(0)), uri) if isinstance(uri, str) else uri
+
+
+def _redact_one(url: str) -> str:
+    try:
+        parsed = urlparse(url)
+    except ValueError:
+        return url
+    netloc = parsed.netloc
+    if "@" in netloc:
+        netloc = f"{REDACTED}@{netloc.rsplit('@', 1)[1]}"
+    query = parsed.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, REDACTED if _SECRET_PARAM.search(k) else v) for k, v in pairs], safe="/:")
+    return urlunparse(parsed._replace(netloc=netloc, query=query))
 
 
 def join(root: str, *parts: str) -> str:
@@ -77,7 +113,19 @@ def s3_filesystem(
     if access_key and secret_key:
         kwargs["access_key"] = access_key
         kwargs["secret_key"] = secret_key
-    return pafs.S3FileSystem(**kwargs)
+    return _S3FileSystem((s3.without_secrets(), max_attempts, timeout_s), **kwargs)
+
+
+class _S3FileSystem(pafs.S3FileSystem):
+    """pyarrow's S3 filesystem that pickles (into Ray tasks, e.g. Ray Data's `filesystem=`) as the arguments that
+    build it, without credentials: the receiving worker takes its keys from its own AWS chain."""
+
+    def __init__(self, rebuild_args: tuple, **kwargs):
+        super().__init__(**kwargs)
+        self._rebuild_args = rebuild_args
+
+    def __reduce__(self):
+        return s3_filesystem, self._rebuild_args
 
 
 def resolve(uri: str, s3: S3Config | None = None) -> tuple[pafs.FileSystem, str]:
@@ -104,18 +152,25 @@ def write_bytes(uri: str, data: bytes, s3: S3Config | None = None) -> None:
         f.write(data)
 
 
-def read_bytes(uri: str, s3: S3Config | None = None) -> bytes:
+def read_bytes(uri: str, s3: S3Config | None = None, max_bytes: int | None = None) -> bytes:
+    """The bytes behind `uri`; with `max_bytes`, raises `TooLarge` rather than read more (size checked first)."""
     if is_http(uri):
         import requests
 
-        response = requests.get(uri, timeout=60)
-        if response.status_code in (404, 410):
-            raise FileNotFoundError(f"{uri}: HTTP {response.status_code}")
-        response.raise_for_status()
-        return response.content
+        with requests.get(uri, timeout=60, stream=True) as response:
+            if response.status_code in (404, 410):
+                raise FileNotFoundError(f"{redact_uri(uri)}: HTTP {response.status_code}")
+            response.raise_for_status()
+            return _read_http_body(response, uri, max_bytes, None)
     fs, path = resolve(uri, s3)
+    if max_bytes is None:
+        with fs.open_input_stream(path, compression=None) as f:
+            return f.read()
+    size = fs.get_file_info(path).size
+    if size is not None and size > max_bytes:
+        raise TooLarge(f"{redact_uri(uri)}: {size} bytes exceeds the {max_bytes}-byte limit")
     with fs.open_input_stream(path, compression=None) as f:
-        return f.read()
+        return _read_capped(f.read, uri, max_bytes, None)
 
 
 def exists(uri: str, s3: S3Config | None = None) -> bool:
@@ -185,6 +240,43 @@ def copy_from_http(url: str, dest: str, s3: S3Config | None = None, max_bytes: i
 NOT_FOUND = "not_found"
 TIMEOUT = "timeout"
 FETCH_ERROR = "fetch_error"
+TOO_LARGE = "too_large"
+BAD_URI = "bad_uri"
+DEFAULT_MAX_IMAGE_BYTES = 32 << 20
+_READ_BLOCK = 1 << 20  # streamed reads take at most this much per call, then check the byte limit and deadline
+
+
+class TooLarge(ValueError):
+    """A read that would take more than its byte limit."""
+
+
+class DeadlineExceeded(TimeoutError):
+    """A fetch that ran past its total deadline (however fast each socket read was)."""
+
+
+def _read_capped(read: Callable[[int], bytes], uri: str, max_bytes: int | None, deadline: float | None) -> bytes:
+    """Read a stream to its end in blocks, raising TooLarge past `max_bytes` and DeadlineExceeded past `deadline`
+    (time.monotonic()), so neither an endless nor a trickled body holds a reader."""
+    parts, total = [], 0
+    limit = max_bytes if max_bytes is not None else float("inf")
+    while True:
+        if deadline is not None and time.monotonic() > deadline:
+            raise DeadlineExceeded(f"{redact_uri(uri)}: fetch deadline passed after {total} bytes")
+        block = read(_READ_BLOCK)
+        if not block:
+            return b"".join(parts)
+        total += len(block)
+        if total > limit:
+            raise TooLarge(f"{redact_uri(uri)}: more than the {max_bytes}-byte limit")
+        parts.append(block)
+
+
+def _read_http_body(response, uri: str, max_bytes: int | None, deadline: float | None) -> bytes:
+    length = response.headers.get("Content-Length", "")
+    if max_bytes is not None and length.isdigit() and int(length) > max_bytes:
+        raise TooLarge(f"{redact_uri(uri)}: {length} bytes exceeds the {max_bytes}-byte limit")
+    # read1: whatever has arrived (decoded), so the deadline is checked while a body trickles in
+    return _read_capped(lambda n: response.raw.read1(n, decode_content=True), uri, max_bytes, deadline)
 
 
 @dataclass(frozen=True)
@@ -196,6 +288,7 @@ class RetryPolicy:
     backoff_s: float = 0.5
     max_backoff_s: float = 30.0
     timeout_s: float = 30.0
+    deadline_s: float | None = None  # total for one fetch, retries included; None: no total limit
 
     def delay(self, attempt: int) -> float:
         return random.uniform(0.0, min(self.max_backoff_s, self.backoff_s * 2.0**attempt))
@@ -236,6 +329,10 @@ def classify(error: BaseException) -> tuple[str, bool]:
         requests = None
     if isinstance(error, FileNotFoundError):
         return NOT_FOUND, False
+    if isinstance(error, TooLarge):
+        return TOO_LARGE, False
+    if isinstance(error, UriRefused):
+        return BAD_URI, False
     if isinstance(error, _HttpStatus):
         if error.status in (404, 410):
             return NOT_FOUND, False
@@ -262,22 +359,27 @@ def classify(error: BaseException) -> tuple[str, bool]:
     return FETCH_ERROR, False
 
 
-def with_retries(action: Callable[[], T], policy: RetryPolicy, what: str = "") -> tuple[T, int]:
+def with_retries(action: Callable[[], T], policy: RetryPolicy, what: str = "",
+                 deadline: float | None = None) -> tuple[T, int]:
     """(action's result, retries it took). Retries transient failures (see `classify`) with backoff; raises
-    FetchFailed once a failure is permanent or the retries are spent."""
+    FetchFailed once a failure is permanent, the retries are spent or `deadline` (time.monotonic()) would pass."""
     attempt = 0
     while True:
         try:
             return action(), attempt
         except Exception as error:
             reason, transient = classify(error)
-            if not transient or attempt >= policy.retries:
-                tries = f" after {attempt + 1} attempts" if attempt else ""
-                raise FetchFailed(reason, f"{what}: {error}{tries}" if what else f"{error}{tries}", attempt) from error
             delay = policy.delay(attempt)
             retry_after = getattr(error, "retry_after", None)
             if retry_after:  # the server said how long to wait (HTTP 429/503 Retry-After)
                 delay = max(delay, min(retry_after, policy.max_backoff_s))
+            late = deadline is not None and time.monotonic() + delay >= deadline
+            if not transient or attempt >= policy.retries or late:
+                tries = f" after {attempt + 1} attempts" if attempt else ""
+                said = redact_uri(str(error))  # our own errors name the uri already: say it once
+                detail = f"{said}{tries}" if not what or said.startswith(redact_uri(what)) else \
+                    redact_uri(f"{what}: {error}{tries}")
+                raise FetchFailed(TIMEOUT if late and transient else reason, detail, attempt) from error
             time.sleep(delay)
             attempt += 1
 
@@ -288,10 +390,13 @@ class Fetcher:
     One per task: it holds one S3 filesystem with the SDK's own retries off (so every retry is ours and is
     counted) and one HTTP session with a connection pool of `pool_size`."""
 
-    def __init__(self, s3: S3Config | None, policy: RetryPolicy, pool_size: int = 16):
+    def __init__(self, s3: S3Config | None, policy: RetryPolicy, pool_size: int = 16,
+                 max_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES, access: UriAccess | None = None):
         self.s3 = s3
         self.policy = policy
         self.pool_size = pool_size
+        self.max_bytes = max_bytes  # no read takes more (TooLarge → reason too_large)
+        self.access = access or UriAccess()
         self._lock = threading.Lock()
         self._s3fs: pafs.FileSystem | None = None
         self._session = None
@@ -314,24 +419,43 @@ class Fetcher:
                 self._session.mount("https://", adapter)
             return self._session
 
-    def _read_once(self, uri: str) -> bytes:
+    def _read_once(self, uri: str, deadline: float | None) -> bytes:
+        limit = self.max_bytes
         if is_http(uri):
-            response = self._http().get(uri, timeout=self.policy.timeout_s)
-            if response.status_code != 200:
-                retry_after = response.headers.get("Retry-After", "")
-                wait = float(retry_after) if retry_after.replace(".", "", 1).isdigit() else None
-                raise _HttpStatus(uri, response.status_code, wait)
-            return response.content
+            remaining = self.policy.timeout_s if deadline is None else max(0.01, deadline - time.monotonic())
+            timeout = (self.policy.timeout_s, min(self.policy.timeout_s, remaining))
+            with self._http().get(uri, timeout=timeout, stream=True,
+                                  allow_redirects=self.access.follow_redirects) as response:
+                if response.is_redirect and not self.access.follow_redirects:
+                    raise UriRefused(f"{redact_uri(uri)} redirects (HTTP {response.status_code})")
+                if response.status_code != 200:
+                    retry_after = response.headers.get("Retry-After", "")
+                    wait = float(retry_after) if retry_after.replace(".", "", 1).isdigit() else None
+                    raise _HttpStatus(redact_uri(uri), response.status_code, wait)
+                return _read_http_body(response, uri, limit, deadline)
         if is_s3(uri):
-            with self._s3().open_input_stream(uri[len("s3://"):], compression=None) as f:
-                return f.read()
+            with self._s3().open_input_file(uri[len("s3://"):]) as f:  # opening asks the store for the size (HEAD)
+                if limit is not None and f.size() > limit:
+                    raise TooLarge(f"{redact_uri(uri)}: {f.size()} bytes exceeds the {limit}-byte limit")
+                return f.read()  # one ranged GET of the size just checked (each read() of this file is a request)
         _, path = resolve(uri)
+        info = os.stat(path)
+        if not stat_mode.S_ISREG(info.st_mode):  # /dev/zero, a FIFO, a socket: no end, or no size to check
+            raise IsADirectoryError(f"{path} is not a regular file")
+        if limit is not None and info.st_size > limit:
+            raise TooLarge(f"{path}: {info.st_size} bytes exceeds the {limit}-byte limit")
         with open(path, "rb") as f:
-            return f.read()
+            return _read_capped(f.read, uri, limit, deadline)
 
     def read(self, uri: str) -> tuple[bytes, int]:
-        """(bytes, retries it took); raises FetchFailed."""
-        return with_retries(lambda: self._read_once(uri), self.policy, uri)
+        """(bytes, retries it took); raises FetchFailed (reason bad_uri, with UriRefused's one message, for a URI
+        this fetcher's access refuses)."""
+        try:
+            self.access.check(uri)
+        except UriRefused as e:
+            raise FetchFailed(BAD_URI, UriRefused.MESSAGE) from e
+        deadline = None if self.policy.deadline_s is None else time.monotonic() + self.policy.deadline_s
+        return with_retries(lambda: self._read_once(uri, deadline), self.policy, uri, deadline)
 
 
 def write_parquet(table: pa.Table, uri: str, s3: S3Config | None = None,

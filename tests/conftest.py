@@ -13,6 +13,34 @@ import pytest
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# The test S3 servers' key (SeaweedServer's identity), as a job's environment provides it: S3 credentials never
+# travel in Ray task arguments (S3Config pickles without them), so Ray workers read them from the AWS chain.
+# Set before any Ray starts: its workers inherit this environment.
+os.environ["AWS_ACCESS_KEY_ID"] = "testkey"  # not setdefault: a developer's own AWS keys would not open SeaweedFS
+os.environ["AWS_SECRET_ACCESS_KEY"] = "testsecret"
+
+# CI (CI=true, as .ci/run is run) installs every requirement, so a skip there means a test silently did not run:
+# it is reported as a failure instead. Outside CI a skip stays a skip, with its reason.
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _fail_skips_in_ci(report) -> None:
+    if IN_CI and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI (CI=true), where every requirement must be installed: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    _fail_skips_in_ci(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield  # a module-level skip or importorskip
+    _fail_skips_in_ci(outcome.get_result())
 
 
 @pytest.fixture(scope="session")

@@ -83,3 +83,47 @@ def test_an_unknown_model_is_a_clear_error(mlflow_server, tmp_path):
 def test_k_must_be_positive(tmp_path):
     out = geosurge("predict", "x.jpg", "--k", "0", timeout=120)
     assert out.returncode == 2 and "must be at least 1" in out.stderr
+
+
+@pytest.mark.slow
+def test_the_map_draws_the_belief_and_the_truth(champion, tmp_path):
+    import numpy as np
+
+    from tests.eval.test_belief_map import TRUTH_RED, YELLOW, share
+
+    photo = tmp_path / "harbour.jpg"
+    photo.write_bytes(photo_bytes(11))
+    out = geosurge("predict", str(photo), "--tracking-uri", champion, "--k", "3", "--truth=-33.8568,151.2153",
+                   "--map", str(tmp_path / "belief.png"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    (top,) = [ROW.match(line) for line in out.stdout.splitlines() if ROW.match(line) and ROW.match(line).group(1) == "1"]
+    from geosurge.geo.distance import haversine_km
+
+    error = float(haversine_km(float(top.group(2)), float(top.group(3)), -33.8568, 151.2153))
+    assert f"truth -33.8568, 151.2153: the top place is {error:,.0f} km from it" in out.stdout
+    with Image.open(tmp_path / "belief.png") as png:
+        rgb = np.asarray(png.convert("RGB")).reshape(-1, 3).astype(int)
+    assert share(rgb, TRUTH_RED) > 0 and share(rgb, YELLOW) > 0  # the star, and the likeliest cells
+
+
+def test_truth_must_be_one_coordinate_per_photo(tmp_path):
+    (tmp_path / "p.jpg").write_bytes(photo_bytes(1))
+    out = geosurge("predict", str(tmp_path / "p.jpg"), "--truth", "95,0", timeout=120)
+    assert out.returncode == 2 and "latitude must be in [-90, 90]" in out.stderr
+    out = geosurge("predict", str(tmp_path / "p.jpg"), "--truth", "1,2", "--truth", "3,4", timeout=120)
+    assert out.returncode == 2 and "--truth is given 2 time(s) for 1 photo(s)" in out.stderr
+
+
+@pytest.mark.slow
+def test_unreadable_photos_are_reported_and_the_rest_still_predicted(champion, tmp_path):
+    good = tmp_path / "harbour.jpg"
+    good.write_bytes(photo_bytes(11))
+    (tmp_path / "notes.jpg").write_text("not a photo")
+    out = geosurge("predict", str(tmp_path / "nowhere.jpg"), str(good), str(tmp_path / "notes.jpg"),
+                   "--tracking-uri", champion, "--k", "2")
+    assert out.returncode == 1, out.stderr[-3000:]  # some photos failed, the others were predicted
+    missing, unreadable = out.stderr.splitlines()
+    assert missing == f"geosurge predict: error: {tmp_path / 'nowhere.jpg'}: no such file"
+    assert unreadable.startswith(f"geosurge predict: error: {tmp_path / 'notes.jpg'}: not a usable image (not_an_image")
+    assert out.stdout.startswith(f"{good}\n")
+    assert [int(m.group(1)) for m in map(ROW.match, out.stdout.splitlines()) if m] == [1, 2]

@@ -32,8 +32,9 @@ PRESETS = ("geosurge-mp16", "geoclip-mp16", "geodecoder-mp16")
 PUBLISHED = {
     # open_clip model_profile.csv: ViT-L-14-336 image_mparams 304.29 (OpenAI CLIP ViT-L/14@336px)
     "geosurge-mp16": ("vit_large_patch14_clip_336", 304.29e6, 1024 * 768),
-    # open_clip model_profile.csv: ViT-L-14 image_mparams 303.97 (OpenAI CLIP ViT-L/14, 224 px)
-    "geoclip-mp16": ("vit_large_patch14_clip_224", 303.97e6, 1024 * 768),
+    # open_clip model_profile.csv: ViT-L-14 image_mparams 303.97 (OpenAI CLIP ViT-L/14, 224 px); GeoCLIP keeps
+    # CLIP's projection (timm's head, with a zero bias of 768 that open_clip's proj lacks): nothing dropped
+    "geoclip-mp16": ("vit_large_patch14_clip_224", 303.97e6, 0),
     # Dosovitskiy et al., "An Image is Worth 16x16 Words" (ICLR 2021), Table 1: ViT-Base 86 M, a figure rounded to
     # the million (the 1% tolerance covers it); timm's orig_in21k ViT-B/16 has no head to drop
     "geodecoder-mp16": ("vit_base_patch16_224", 86e6, 0),

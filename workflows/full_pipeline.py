@@ -9,30 +9,15 @@
 Every stage records what it made and the hash of the config that made it (`<data_root>/_stages/`): a rerun
 skips finished stages and redoes the ones whose config (or whose inputs) changed. The stages themselves are
 `geosurge.orchestration.pipeline`.
+
+The same code as `geosurge run` (geosurge/cli.py): `--verbose`, and a mistake is one line with exit code 2.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from geosurge.config import add_config_arguments, config_from_args
-from geosurge.orchestration.pipeline import STAGES, check_pipeline_config, run_pipeline
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_arguments(parser)
-    parser.add_argument("--force", action="append", default=[], choices=STAGES,
-                        help="redo this stage (and so everything after it) even if it is recorded as done")
-    args = parser.parse_args(argv)
-    config = config_from_args(args)
-    try:
-        check_pipeline_config(config)
-    except ValueError as e:
-        parser.error(str(e))
-    return run_pipeline(config, force=args.force)
-
+from geosurge.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["run", *sys.argv[1:]]))

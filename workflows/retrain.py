@@ -9,22 +9,15 @@
 
 Exit codes: 0 done (or nothing new: says so), 75 another retraining run holds the lock, 1 error.
 The steps themselves are `geosurge.orchestration.retrain`.
+
+The same code as `geosurge retrain` (geosurge/cli.py): `--verbose`, and a mistake is one line with exit code 2.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from geosurge.config import add_config_arguments, config_from_args
-from geosurge.orchestration.retrain import run_retrain
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_arguments(parser)
-    return run_retrain(config_from_args(parser.parse_args(argv)))
-
+from geosurge.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["retrain", *sys.argv[1:]]))

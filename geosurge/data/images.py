@@ -6,7 +6,9 @@ route a bad record to the quarantine table and carry on.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import threading
 import warnings
 from dataclasses import dataclass
 
@@ -26,22 +28,44 @@ class ImageRejected(Exception):
 @dataclass(frozen=True)
 class ImageSpec:
     size: int = 64  # output is size × size RGB
-    max_pixels: int = 100_000_000  # decompression-bomb guard, checked before pixels are decoded
+    max_pixels: int = 40_000_000  # decompression-bomb guard, checked on the header before pixels are decoded
+    large_decode_pixels: int = 12_000_000  # decodes above this take LARGE_DECODES (one at a time per process)
+
+
+# Full-size decodes above `large_decode_pixels` take this, so a fetch pool of 16 threads never holds 16 of them.
+LARGE_DECODES = threading.BoundedSemaphore(1)
+
+
+def _open_bounded(data: bytes, spec: ImageSpec, reason: str = "too_large", draft: bool = True) -> Image.Image:
+    """Open (header only) and refuse more than `spec.max_pixels` before a pixel is decoded; a JPEG is set to decode
+    at the smallest DCT scale (1/2, 1/4, 1/8) that keeps both sides at least `spec.size`."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        img = Image.open(io.BytesIO(data))
+    width, height = img.size  # read from the header, before any pixel is decoded
+    if width * height > spec.max_pixels:
+        raise ImageRejected(reason, f"{width}x{height} exceeds {spec.max_pixels} pixels")
+    if draft and img.format == "JPEG":
+        img.draft(None, (spec.size, spec.size))
+    return img
+
+
+def _load(img: Image.Image, spec: ImageSpec) -> None:
+    width, height = img.size  # after draft: what will really be decoded
+    gate = LARGE_DECODES if width * height > spec.large_decode_pixels else contextlib.nullcontext()
+    with gate, warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        img.load()
 
 
 def decode_image(data: bytes, spec: ImageSpec) -> np.ndarray:
-    """Bytes → uint8 RGB array [size, size, 3]: EXIF orientation applied, any mode converted to RGB,
-    short side resized to `size` and centre-cropped. Raises ImageRejected with a reason code."""
+    """Bytes → uint8 RGB array [size, size, 3]: EXIF orientation applied, any mode converted to RGB (16-bit grey
+    scaled, not clipped), short side resized to `size` and centre-cropped. Raises ImageRejected with a reason code."""
     if not data:
         raise ImageRejected("empty", "zero bytes")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            width, height = img.size  # read from the header, before any pixel is decoded
-            if width * height > spec.max_pixels:
-                raise ImageRejected("too_large", f"{width}x{height} exceeds {spec.max_pixels} pixels")
-            img.load()
+        img = _open_bounded(data, spec)
+        _load(img, spec)
     except ImageRejected:
         raise
     except UnidentifiedImageError as e:
@@ -51,6 +75,10 @@ def decode_image(data: bytes, spec: ImageSpec) -> np.ndarray:
     except OSError as e:  # PIL reports truncated/corrupt streams as OSError
         raise ImageRejected("truncated", str(e)) from None
     img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16-bit grey (PNG): PIL's convert clips every value above 255 to white; scale 0..65535 to 0..255 instead
+        grey = np.asarray(img, dtype=np.uint32)
+        img = Image.fromarray((np.clip(grey, 0, 65535) // 257).astype(np.uint8), "L")
     if img.mode != "RGB":
         # palette/grey/CMYK/alpha → RGB; alpha is composited on white so transparent areas are not black
         if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
@@ -78,9 +106,11 @@ def decode_label_map(data: bytes, spec: ImageSpec, grid: int) -> np.ndarray:
     """A ground-truth label map (PNG of class ids) → uint8 [grid, grid]: the same fit as `decode_image` (so it
     stays aligned with its image), then the majority class of each patch."""
     try:
-        img = Image.open(io.BytesIO(data))
-        img.load()
-    except (UnidentifiedImageError, OSError) as e:
+        img = _open_bounded(data, spec, "bad_label_map", draft=False)  # the bomb guard of images; ids stay exact
+        _load(img, spec)
+    except ImageRejected:
+        raise
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageRejected("bad_label_map", str(e)) from None
     if img.mode not in ("L", "P"):
         raise ImageRejected("bad_label_map", f"label maps are single-channel class ids, got mode {img.mode}")

@@ -53,7 +53,7 @@ def to_model_batch(batch: pa.Table, hierarchy: GeocellHierarchy | None = None) -
         # -1 marks a row without one, and models that use scenes derive it from the label map instead.
         out["scene"] = pc.fill_null(batch.column("scene3").cast(pa.int64()), -1).to_numpy()
     if hierarchy is not None:
-        out["cells"] = hierarchy.assign(lat, lon)
+        out["cells"] = hierarchy.assign(lat, lon, nearest=False)  # -1 where the point's cell was dropped: ignored
     elif "cells" in batch.column_names:
         out["cells"] = np.stack(batch.column("cells").to_numpy(zero_copy_only=False)).astype(np.int64)
     return out

@@ -33,6 +33,7 @@ from geosurge.data.manifest import (
     read_manifest,
     validate_manifest,
 )
+from geosurge.device import actor_num_gpus
 from geosurge.geo.distance import haversine_km
 from geosurge.geo.metrics import geolocation_metrics
 from geosurge.layout import DataRoot
@@ -136,16 +137,25 @@ def read_benchmark(benchmark: BenchmarkConfig, config: PipelineConfig) -> tuple[
 # ----------------------------------------------------------------------------------------------- inference
 
 
-def load_image(uri: str, spec, s3: storage.S3Config | None) -> tuple[np.ndarray | None, tuple[str, str, str] | None]:
-    """(image at the model's size, None) or (None, (stage, reason, detail)), in ingest's reason vocabulary."""
+def load_image(uri: str, spec, fetcher: storage.Fetcher) -> tuple[np.ndarray | None, tuple[str, str, str] | None]:
+    """(image at the model's size, None) or (None, (stage, reason, detail)), in ingest's reason vocabulary. Reads
+    retry transient failures (`storage.Fetcher`, ingest's retry settings): a storage hiccup is not a failed image."""
     try:
-        return decode_image(storage.read_bytes(uri, s3), spec), None
-    except FileNotFoundError as e:
-        return None, (FETCH_STAGE, "not_found", str(e))
+        data, _ = fetcher.read(uri)
+    except storage.FetchFailed as e:
+        return None, (FETCH_STAGE, e.reason, e.detail)
+    try:
+        return decode_image(data, spec), None
     except ImageRejected as e:
         return None, (DECODE_STAGE, e.reason, e.detail)
-    except OSError as e:  # storage errors other than a missing object
-        return None, (FETCH_STAGE, "fetch_error", str(e))
+
+
+def retry_policy(config: PipelineConfig) -> storage.RetryPolicy:
+    """Eval reads retry as ingest's fetches do (`ingest.fetch_*`)."""
+    i = config.ingest
+    return storage.RetryPolicy(retries=i.fetch_retries, backoff_s=i.fetch_backoff_s,
+                               max_backoff_s=i.fetch_max_backoff_s, timeout_s=i.fetch_timeout_s,
+                               deadline_s=i.fetch_deadline_s)  # a trickled body cannot hold an eval actor
 
 
 class Predictor:
@@ -155,11 +165,11 @@ class Predictor:
     that could not be read (its prediction columns are null). `ten_crop`: average over the 10 test-time views."""
 
     def __init__(self, model_uri: str, tracking_uri: str, s3: storage.S3Config | None = None,
-                 ten_crop: bool = False):
+                 ten_crop: bool = False, policy: storage.RetryPolicy | None = None):
         from geosurge.tracking.registry import load_locator
 
         self.locator = load_locator(model_uri, tracking_uri)
-        self.s3 = s3
+        self.fetcher = storage.Fetcher(s3, policy or storage.RetryPolicy())
         self.ten_crop = ten_crop
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -167,7 +177,7 @@ class Predictor:
         images, ok_rows = [], []
         stage, reason, detail = [None] * n, [None] * n, [None] * n
         for i, uri in enumerate(batch.column("uri").to_pylist()):
-            image, failure = load_image(uri, self.locator.spec, self.s3)
+            image, failure = load_image(uri, self.locator.spec, self.fetcher)
             if failure is None:
                 images.append(image)
                 ok_rows.append(i)
@@ -194,7 +204,7 @@ class Predictor:
 def _num_gpus(config: PipelineConfig) -> float:
     import ray
 
-    return config.eval.gpus_per_actor if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    return actor_num_gpus(config.eval.gpus_per_actor, ray.cluster_resources().get("GPU", 0))
 
 
 def evaluate_benchmarks(
@@ -228,7 +238,7 @@ def evaluate_benchmarks(
         .repartition(max(1, min(64, -(-rows.num_rows // batch_size))))
         .map_batches(
             Predictor,
-            fn_constructor_args=(load_uri, tracking_uri, config.s3, config.eval.ten_crop),
+            fn_constructor_args=(load_uri, tracking_uri, config.s3, config.eval.ten_crop, retry_policy(config)),
             batch_size=batch_size,
             batch_format="pyarrow",
             compute=ActorPoolStrategy(size=config.eval.actors),

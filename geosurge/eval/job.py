@@ -8,21 +8,25 @@ from __future__ import annotations
 import dataclasses
 import json
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from geosurge.config import PipelineConfig
 from geosurge.eval.benchmark import (
     BenchmarkResult,
+    benchmark_manifest_uri,
     default_model_uri,
     evaluate_benchmarks,
     resolve_model_uri,
 )
-from geosurge.eval.promotion import PromotionDecision, decide_promotion, promote
+from geosurge.eval.promotion import PromotionDecision, decide_on_benchmarks, promote
 from geosurge.geo.metrics import format_metrics_table
-from geosurge.tracking.runs import start_mlflow_run
+from geosurge.tracking.model_card import record_benchmarks
+from geosurge.tracking.runs import log_dataset, start_mlflow_run
 
 CHALLENGER, CHAMPION = "challenger", "champion"
+BELIEF_SAMPLES = 4  # images per benchmark whose belief map the eval run logs (plots/belief_<benchmark>.png)
 
 
 @dataclass
@@ -90,21 +94,55 @@ def _open_eval_run(config: PipelineConfig, run_name: str):
 def _log_results(role: str, results: dict[str, BenchmarkResult]) -> None:
     import mlflow
 
+    from geosurge import storage
+
     for name, r in results.items():
         prefix = f"{role}.{name}"
         mlflow.log_metrics({f"{prefix}.{k}": float(v) for k, v in r.metrics.items()})
         mlflow.log_metrics({f"{prefix}.rows_in": r.rows_in, f"{prefix}.failed_images": r.failed,
                             f"{prefix}.seconds": r.seconds})
-        mlflow.log_table(r.predictions, f"predictions/{role}_{name}.json")
+        # presigned URLs and user:pass@ never reach a logged table
+        mlflow.log_table(r.predictions.assign(uri=r.predictions.uri.map(storage.redact_uri)),
+                         f"predictions/{role}_{name}.json")
         if r.failed:
-            mlflow.log_table(r.failures, f"failures/{role}_{name}.json")
+            mlflow.log_table(r.failures.assign(uri=r.failures.uri.map(storage.redact_uri),
+                                               detail=r.failures.detail.map(storage.redact_uri)),
+                             f"failures/{role}_{name}.json")
 
 
-def _log_plots(outcome: EvalOutcome) -> None:
+def _log_decision_values(decision: PromotionDecision) -> None:
+    """The two values the decision compared (over the images both models evaluated), as metrics of the eval run."""
+    import math
+
+    import mlflow
+
+    values = {"decision.challenger_value": decision.challenger_value, "decision.champion_value": decision.champion_value,
+              "decision.compared_images": decision.compared_images, "decision.benchmark_images": decision.benchmark_images}
+    mlflow.log_metrics({k: float(v) for k, v in values.items() if v is not None and not math.isnan(float(v))})
+
+
+def _log_benchmark_datasets(config: PipelineConfig, results: dict[str, BenchmarkResult]) -> None:
+    """Each benchmark as an "evaluation" dataset input of the eval run: source its manifest (without credentials),
+    digest from the manifest files' identity with the split, format and images root, rows as evaluated."""
+    from geosurge import storage
+    from geosurge.data.manifest import list_manifest_files
+
+    for b in config.eval.benchmarks:
+        uri, r = benchmark_manifest_uri(b, config), results[b.name]
+        files = [uri] if storage.is_http(uri) else list_manifest_files(uri, config.s3)
+        identity = {"split": b.split, "format": b.format,
+                    "images_root": storage.redact_uri(b.images_root) if b.images_root else None}
+        log_dataset(uri, b.name, "evaluation", files, config.s3, identity=identity,
+                    profile={"rows_in": r.rows_in, "evaluated": r.evaluated, "failed": r.failed, **identity})
+
+
+def _log_plots(outcome: EvalOutcome, config: PipelineConfig) -> None:
     import mlflow
 
     from geosurge.eval import plots
+    from geosurge.tracking.registry import load_locator
 
+    locator = None  # the challenger, as every inference actor loaded it, for the belief maps
     with tempfile.TemporaryDirectory() as tmp:
         for name, r in outcome.challenger.items():
             p = r.predictions
@@ -117,16 +155,41 @@ def _log_plots(outcome: EvalOutcome) -> None:
                 curves[f"champion v{outcome.champion_version}"] = outcome.champion[name].errors_km
             accuracy = Path(tmp, f"accuracy_{name}.png")
             plots.accuracy_curve(str(accuracy), curves, title=f"{name}: accuracy within distance")
-            mlflow.log_artifact(str(world), "plots")
-            mlflow.log_artifact(str(accuracy), "plots")
+            regions = Path(tmp, f"error_by_region_{name}.png")
+            plots.error_region_map(str(regions), p.lat.to_numpy(), p.lon.to_numpy(), r.errors_km,
+                                   title=f"{name}: challenger v{outcome.challenger_version or '?'} median error by "
+                                         f"region (H3 resolution 0; numbers: images per region)")
+            locator = locator or load_locator(r.model_uri, config.resolved_tracking_uri)  # one load, every benchmark
+            belief = _belief_sample(Path(tmp, f"belief_{name}.png"), r, locator, config, outcome.challenger_version)
+            for figure in (world, accuracy, regions, belief):
+                mlflow.log_artifact(str(figure), "plots")
 
 
-def run_eval_job(config: PipelineConfig, model_uri: str | None = None) -> EvalOutcome:
+def _belief_sample(path: Path, r: BenchmarkResult, locator, config: PipelineConfig, version: str | None) -> Path:
+    """Belief maps of the challenger on the first `BELIEF_SAMPLES` evaluated images of a benchmark, truth marked."""
+    from geosurge import storage
+    from geosurge.eval import plots
+
+    sample = r.predictions.head(BELIEF_SAMPLES)
+    beliefs = locator.beliefs_bytes([storage.read_bytes(uri, config.s3, config.ingest.max_image_bytes) for uri in sample.uri])
+    panels = [plots.BeliefPanel(b.lat, b.lon, b.prob, b.cell, top_k=config.eval.top_k, true_lat=row.lat,
+                                true_lon=row.lon, title=f"{r.name} v{version or '?'}: {row.image_id}")
+              for b, row in zip(beliefs, sample.itertuples())]
+    return plots.belief_map(path, panels)
+
+
+def run_eval_job(config: PipelineConfig, model_uri: str | None = None,
+                 before_promote: Callable[[], None] | None = None) -> EvalOutcome:
     """Evaluate `model_uri` (default: eval.model_uri, else models:/<registered_model>@<tracking.alias>) and the
     champion on `eval.benchmarks`, log one MLflow eval run, decide on `eval.promotion_metric` over
-    `eval.decision_benchmark`, and promote. Needs Ray initialised (`geosurge.runtime.init_ray`)."""
+    `eval.decision_benchmark`, and promote. Needs Ray initialised (`geosurge.runtime.init_ray`).
+
+    Registered versions are loaded only if this pipeline registered them (`check_lineage`). `before_promote`:
+    called right before the decision is applied (the caller's fencing check: it raises if its lock was lost)."""
     import mlflow
     from mlflow.tracking import MlflowClient
+
+    from geosurge.tracking.registry import check_lineage
 
     model_uri = model_uri or default_model_uri(config)
     tracking_uri = config.resolved_tracking_uri
@@ -135,6 +198,8 @@ def run_eval_job(config: PipelineConfig, model_uri: str | None = None) -> EvalOu
     load_uri, name, version = resolve_model_uri(model_uri, tracking_uri)
     registered_model = name or config.tracking.registered_model
     champion_version = current_version(registered_model, config.eval.champion_alias, client)
+    for v in {version, champion_version} - {None}:
+        check_lineage(registered_model, v, client)
     benchmarks = config.eval.benchmarks
     decision_benchmark = config.eval.decision_benchmark or benchmarks[0].name
     if decision_benchmark not in {b.name for b in benchmarks}:
@@ -154,24 +219,29 @@ def run_eval_job(config: PipelineConfig, model_uri: str | None = None) -> EvalOu
             outcome.champion = evaluate_benchmarks(f"models:/{registered_model}/{champion_version}", benchmarks, config)
         _log_results(CHALLENGER, outcome.challenger)
         _log_results(CHAMPION, outcome.champion)
-        _log_plots(outcome)
+        _log_benchmark_datasets(config, outcome.challenger)
+        _log_plots(outcome, config)
 
         if version is None:
             mlflow.set_tags({"eval.decision": "none", "eval.reason": f"{model_uri} is not a registered model "
                                                                        f"version: nothing to promote"})
         else:
-            outcome.decision = decide_promotion(
-                version, outcome.challenger[decision_benchmark].metrics, champion_version,
-                outcome.champion[decision_benchmark].metrics if decision_benchmark in outcome.champion else None,
-                metric=config.eval.promotion_metric, benchmark=decision_benchmark,
-                min_improvement=config.eval.min_improvement,
-            )
+            ec = config.eval
+            outcome.decision = decide_on_benchmarks(
+                version, outcome.challenger, champion_version, outcome.champion, ec.promotion_metric,
+                decision_benchmark, ec.min_improvement, ec.min_evaluated_fraction)
+            _log_decision_values(outcome.decision)
             challenger_metrics = {n: r.metrics for n, r in outcome.challenger.items()}
+            if before_promote is not None:
+                before_promote()
             outcome.alias_moved = promote(outcome.decision, registered_model, config.eval.champion_alias,
                                           challenger_metrics, run.info.run_id, config.eval.promote, client)
             mlflow.set_tags({"eval.decision": outcome.decision.action, "eval.reason": outcome.decision.reason[:5000],
                              "eval.metric": outcome.decision.metric, "eval.benchmark": decision_benchmark,
                              "eval.alias_moved": str(outcome.alias_moved)})
+            record_benchmarks(client, registered_model, version, outcome.table(), run.info.run_id,
+                              f"{outcome.decision.action} (alias moved: {outcome.alias_moved}) — "
+                              f"{outcome.decision.reason}")
         mlflow.log_dict(outcome.report(), "eval_report.json")
         mlflow.log_text(outcome.table(), "metrics_table.txt")
     except BaseException:

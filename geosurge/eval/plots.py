@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -71,8 +72,7 @@ def world_map(
 
     fig, ax = plt.subplots(figsize=(12, 6.2), dpi=100)
     try:
-        ax.imshow(land_grid(), extent=(-180, 180, -90, 90), origin="upper", interpolation="nearest",
-                  cmap=ListedColormap(["#dce9f5", "#cfcabb"]), vmin=0, vmax=1, zorder=0)
+        _draw_land(ax)
         if has_truth:
             for lat0, lon0, lat1, lon1 in zip(pred_lat, pred_lon, true_lat, true_lon):
                 # the short way round: a pair across the antimeridian is drawn as two pieces leaving the map
@@ -88,19 +88,28 @@ def world_map(
             if text:
                 ax.annotate(text, (lon, lat), xytext=(4, 4), textcoords="offset points", fontsize=8, zorder=4,
                             bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.7})
-        ax.set_xlim(-180, 180)
-        ax.set_ylim(-90, 90)
-        ax.set_xticks(range(-180, 181, 60))
-        ax.set_yticks(range(-90, 91, 30))
-        ax.set_xlabel("longitude (°)")
-        ax.set_ylabel("latitude (°)")
-        ax.grid(color="white", linewidth=0.4, alpha=0.6)
+        _world_axes(ax)
         ax.legend(loc="lower left", fontsize=8, framealpha=0.8)
         if title:
             ax.set_title(title)
         return _save_png(fig, path)
     finally:
         plt.close(fig)
+
+
+def _draw_land(ax, land: str = "#cfcabb", sea: str = "#dce9f5") -> None:
+    ax.imshow(land_grid(), extent=(-180, 180, -90, 90), origin="upper", interpolation="nearest",
+              cmap=ListedColormap([sea, land]), vmin=0, vmax=1, zorder=0)
+
+
+def _world_axes(ax) -> None:
+    ax.set_xlim(-180, 180)
+    ax.set_ylim(-90, 90)
+    ax.set_xticks(range(-180, 181, 60))
+    ax.set_yticks(range(-90, 91, 30))
+    ax.set_xlabel("longitude (°)")
+    ax.set_ylabel("latitude (°)")
+    ax.grid(color="white", linewidth=0.4, alpha=0.6)
 
 
 def accuracy_curve(path: str | Path, errors_km, thresholds_km=None, title: str = "") -> Path:
@@ -149,6 +158,156 @@ def accuracy_curve(path: str | Path, errors_km, thresholds_km=None, title: str =
         ax.set_title(title or "accuracy against distance")
         ax.grid(axis="y", color="0.92")
         ax.legend(loc="upper left", fontsize=8)
+        return _save_png(fig, path)
+    finally:
+        plt.close(fig)
+
+
+BELIEF_DECADES = 6  # a belief map's colours span this many powers of ten below the best candidate; less is not drawn
+
+
+@dataclass
+class BeliefPanel:
+    """One image's belief, for `belief_map`: every candidate place the model scores and its probability."""
+
+    lat: np.ndarray  # [N] candidate coordinates: the finest cells' coordinates, or the GPS gallery's
+    lon: np.ndarray
+    prob: np.ndarray  # [N] the model's probability of each candidate
+    cells: list[str] | None = None  # H3 index per candidate, drawn as its hexagon; None (a gallery): as points
+    top_k: int = 5  # the best candidates marked and numbered
+    true_lat: float | None = None
+    true_lon: float | None = None
+    title: str = ""
+
+
+def belief_map(path: str | Path, panels: BeliefPanel | list[BeliefPanel]) -> Path:
+    """A PNG of what a model believes, one world map per image: each candidate (H3 cell polygon, or gallery point)
+    coloured by its probability on a log scale over `BELIEF_DECADES` decades below the best, the top-k numbered,
+    the true location as a star with the top-1 error in the title. Returns the path written."""
+    panels = [panels] if isinstance(panels, BeliefPanel) else list(panels)
+    if not panels:
+        raise ValueError("belief_map needs at least one panel")
+    for p in panels:
+        _check_belief(p)
+    cols = 1 if len(panels) == 1 else 2
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(12 * cols, 6.4 * rows), dpi=100, squeeze=False)
+    try:
+        for ax, panel in zip(axes.ravel(), panels):
+            _draw_belief(fig, ax, panel)
+        for ax in axes.ravel()[len(panels):]:
+            ax.set_axis_off()
+        return _save_png(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def _check_belief(p: BeliefPanel) -> None:
+    p.lat, p.lon, p.prob = (np.asarray(a, np.float64).ravel() for a in (p.lat, p.lon, p.prob))
+    if not p.lat.size or not (p.lat.size == p.lon.size == p.prob.size):
+        raise ValueError(f"a belief needs one lat, lon and probability per candidate: {p.lat.size}, {p.lon.size}, "
+                         f"{p.prob.size}")
+    if p.cells is not None and len(p.cells) != p.prob.size:
+        raise ValueError(f"{len(p.cells)} cells for {p.prob.size} probabilities")
+    if not np.isfinite(p.prob).all() or (p.prob < 0).any() or p.prob.max() <= 0:
+        raise ValueError("belief probabilities must be finite, non-negative and not all zero")
+    if (p.true_lat is None) != (p.true_lon is None):
+        raise ValueError("give both true_lat and true_lon, or neither")
+
+
+def _draw_belief(fig, ax, p: BeliefPanel) -> None:
+    from matplotlib.collections import PolyCollection
+    from matplotlib.colors import LogNorm
+
+    from geosurge.geo.distance import haversine_km
+
+    best = float(p.prob.max())
+    norm = LogNorm(vmin=best * 10.0**-BELIEF_DECADES, vmax=best)
+    shown = np.flatnonzero(p.prob >= norm.vmin)
+    shown = shown[np.argsort(p.prob[shown], kind="stable")]  # likeliest drawn last, on top
+    cmap = plt.get_cmap("viridis")
+    _draw_land(ax, land="#e6e2d6", sea="#f3f6f9")  # pale: the belief's colours carry the picture
+    if p.cells is not None:
+        polygons, values = _cell_polygons([p.cells[i] for i in shown], p.prob[shown])
+        colours = cmap(norm(values))
+        # edges in the face colour: a cell smaller than a pixel still shows as a dot
+        ax.add_collection(PolyCollection(polygons, facecolors=colours, edgecolors=colours, linewidths=0.6, zorder=1))
+    else:
+        ax.scatter(p.lon[shown], p.lat[shown], c=p.prob[shown], cmap=cmap, norm=norm, s=4, linewidths=0, zorder=1)
+    top = np.argsort(-p.prob, kind="stable")[: max(p.top_k, 0)]
+    if top.size:
+        ax.scatter(p.lon[top], p.lat[top], s=90, marker="o", facecolors="white", edgecolors="black",
+                   linewidths=1.0, zorder=3, label=f"top {len(top)}")
+    for rank, i in enumerate(top, 1):
+        ax.annotate(str(rank), (p.lon[i], p.lat[i]), ha="center", va="center", fontsize=7, zorder=4)
+    title = p.title
+    if p.true_lat is not None:
+        ax.scatter([p.true_lon], [p.true_lat], s=220, marker="*", color="#d7191c", edgecolors="white",
+                   linewidths=0.8, zorder=5, label="truth")
+        first = int(np.argmax(p.prob))
+        error = float(haversine_km(p.lat[first], p.lon[first], p.true_lat, p.true_lon))
+        title = f"{title}\n" if title else ""
+        title += f"top-1 is {error:,.0f} km from the truth"
+    mappable = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
+    fig.colorbar(mappable, ax=ax, fraction=0.025, pad=0.01,
+                 label=f"probability (log scale; {len(shown):,} of {p.prob.size:,} "
+                       f"{'cells' if p.cells is not None else 'gallery points'} drawn)")
+    _world_axes(ax)
+    if top.size or p.true_lat is not None:
+        ax.legend(loc="lower left", fontsize=8, framealpha=0.8)
+    ax.set_title(title, fontsize=10)
+
+
+def _cell_polygons(cells: list[str], values: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """H3 cells → (lon, lat) polygons and their values; a cell across the antimeridian becomes two pieces, one on
+    each edge of the map."""
+    import h3
+
+    polygons, out = [], []
+    for cell, value in zip(cells, values):
+        ring = np.asarray(h3.cell_to_boundary(cell))[:, ::-1]  # (lat, lng) pairs → (lon, lat)
+        if np.ptp(ring[:, 0]) > 180:
+            ring[:, 0] = np.where(ring[:, 0] < 0, ring[:, 0] + 360, ring[:, 0])
+            polygons.append(ring - [360, 0])
+            out.append(value)
+        polygons.append(ring)
+        out.append(value)
+    return polygons, np.asarray(out)
+
+
+def error_region_map(path: str | Path, lat, lon, errors_km, resolution: int = 0, title: str = "") -> Path:
+    """A PNG world map of the median error by region: the images' true locations grouped into H3 cells of
+    `resolution` (0: 122 cells of about 1,100 km edge), each cell coloured by its images' median error (km, log
+    scale) and labelled with its image count. Returns the path written."""
+    import h3
+    import pandas as pd
+    from matplotlib.collections import PolyCollection
+    from matplotlib.colors import LogNorm
+
+    lat, lon, err = (np.asarray(a, np.float64).ravel() for a in (lat, lon, errors_km))
+    if not lat.size or not (lat.size == lon.size == err.size):
+        raise ValueError(f"error_region_map needs one lat, lon and error per image: {lat.size}, {lon.size}, {err.size}")
+    if not (np.isfinite(lat).all() and np.isfinite(lon).all() and np.isfinite(err).all()):
+        raise ValueError("error_region_map: coordinates and errors must be finite")
+    regions = pd.DataFrame({"cell": [h3.latlng_to_cell(a, o, resolution) for a, o in zip(lat, lon)], "err": err})
+    stats = regions.groupby("cell").err.agg(["median", "size"])
+    norm = LogNorm(vmin=1.0, vmax=20_037.5)  # 1 km to half the circumference
+    cmap = plt.get_cmap("RdYlGn_r")
+    polygons, values = _cell_polygons(list(stats.index), stats["median"].to_numpy())
+    fig, ax = plt.subplots(figsize=(12, 6.2), dpi=100)
+    try:
+        _draw_land(ax)
+        colours = cmap(norm(np.clip(values, norm.vmin, norm.vmax)))
+        ax.add_collection(PolyCollection(polygons, facecolors=colours, edgecolors="#333333", linewidths=0.4,
+                                         alpha=0.85, zorder=1))
+        for cell, row in stats.iterrows():
+            c_lat, c_lon = h3.cell_to_latlng(cell)
+            ax.annotate(f"{row['size']:.0f}", (c_lon, c_lat), ha="center", va="center", fontsize=7, zorder=2)
+        fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, fraction=0.025, pad=0.01,
+                     label="median error (km, log scale)")
+        _world_axes(ax)
+        ax.set_title(title or f"median error by region (H3 resolution {resolution}; numbers: images per region)",
+                     fontsize=10)
         return _save_png(fig, path)
     finally:
         plt.close(fig)

@@ -32,7 +32,7 @@ from geosurge.config import GeocellConfig
 from geosurge.geo.distance import latlon_to_unit_xyz, unit_xyz_to_latlon
 from geosurge.storage import S3Config, resolve, write_parquet
 
-__all__ = ["GeocellConfig", "GeocellHierarchy", "h3_cell_to_parent", "h3_resolution", "latlng_to_h3"]
+__all__ = ["IGNORE_CELL", "GeocellConfig", "GeocellHierarchy", "h3_cell_to_parent", "h3_resolution", "latlng_to_h3"]
 
 # H3 64-bit index layout: resolution in bits 52-55; resolution digit r (1..15) in 3 bits at offset 3*(15-r);
 # digits finer than the cell's resolution are all 0b111.
@@ -41,6 +41,7 @@ _RES_MASK = np.uint64(0xF) << _RES_SHIFT
 _METADATA_KEY = b"geosurge.geocells"
 _FORMAT_VERSION = 1
 _LEVEL_COLUMNS = ("cell", "h3", "resolution", "lat", "lon", "count", "parent")
+IGNORE_CELL = -1  # "no cell at this level" in assign's labels; the models' losses skip it (ignore_index)
 _H3_CHUNK = 1 << 20  # points per h3 batch: bounds the temporary Python lists (~100 MB per million)
 
 
@@ -125,6 +126,7 @@ class GeocellHierarchy:
                 raise ValueError(f"level {i} is not sorted by unique H3 id")
         self._resolutions = [np.unique(df["resolution"].to_numpy()) for df in self._levels]
         self._trees: list[cKDTree | None] = [None] * len(self._levels)
+        self._child_index: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(self._levels)
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -253,17 +255,40 @@ class GeocellHierarchy:
     def _tree(self, level: int) -> cKDTree:
         tree = self._trees[level]
         if tree is None:
-            df = self._levels[level]
-            tree = cKDTree(latlon_to_unit_xyz(df["lat"].to_numpy(), df["lon"].to_numpy()))
+            tree = cKDTree(self._unit_xyz(level))
             self._trees[level] = tree
         return tree
 
-    def assign(self, lat: Any, lon: Any, nearest: bool = True) -> np.ndarray:
-        """Cell index at every level for arbitrary points: int64 array [n, num_levels].
+    def _children(self, level: int) -> tuple[np.ndarray, np.ndarray]:
+        """CSR children of level-1's cells in `level`: those of cell p are `children[ptr[p]:ptr[p + 1]]`."""
+        if self._child_index[level] is None:
+            parents = self._levels[level]["parent"].to_numpy(dtype=np.int64)
+            ptr = np.zeros(len(self._levels[level - 1]) + 1, dtype=np.int64)
+            np.cumsum(np.bincount(parents, minlength=len(self._levels[level - 1])), out=ptr[1:])
+            self._child_index[level] = (ptr, np.argsort(parents, kind="stable").astype(np.int64))
+        return self._child_index[level]
 
-        A point gets the kept cell that is its H3 ancestor (or its own cell) at that level. A point whose cell
-        was dropped, or lies where no training point was, gets the kept cell with the nearest coordinate
-        (great-circle), or -1 when `nearest` is False.
+    def _unit_xyz(self, level: int) -> np.ndarray:
+        df = self._levels[level]
+        return latlon_to_unit_xyz(df["lat"].to_numpy(), df["lon"].to_numpy())
+
+    def assign(self, lat: Any, lon: Any, nearest: bool = False) -> np.ndarray:
+        """Cell index at every level for arbitrary points: int64 array [n, num_levels]; IGNORE_CELL (-1) = none.
+
+        A point gets the kept cell that is its H3 ancestor (or its own cell) at each level. The labels always
+        respect the hierarchy: wherever a point has cells at levels l-1 and l, the second is a child of the first
+        (`parents(l)[label[l]] == label[l-1]`), so product-of-ancestors inference scores the cell it was taught.
+
+        `nearest=False` (the default: training labels, what ingest writes): a point whose cell was dropped at a level gets
+        IGNORE_CELL there. Drops only go down the levels (a finer cell holds a subset of its parent's points), so
+        a point keeps a prefix of its levels and is ignored below it, as TIBHannover/GeoEstimation drops an
+        image from a partitioning where its cell is too small. Moving it instead would teach a cell that, in
+        sparse regions, lies hundreds of km away.
+
+        `nearest=True` (a cell at every level it can have, e.g. for points off the training data): a point with
+        no kept cell at level 0 gets the level-0 cell with the nearest coordinate (great-circle); a point with
+        no kept cell at level l gets the nearest among the children of its level-(l-1) cell, never a cell
+        under another parent. A level-(l-1) cell without children ends the chain: IGNORE_CELL from there on.
         """
         lat, lon = _validate_coords(lat, lon)
         cells = latlng_to_h3(lat, lon, self._config.max_resolution)
@@ -271,9 +296,10 @@ class GeocellHierarchy:
         order = np.argsort(cells)
         cells = cells[order]
         out = np.empty((lat.size, self.num_levels), dtype=np.int64)
+        prev = None
         for lvl in range(self.num_levels):
             h = self._h3[lvl]
-            idx = np.full(lat.size, -1, dtype=np.int64)
+            idx = np.full(lat.size, IGNORE_CELL, dtype=np.int64)
             for r in self._resolutions[lvl]:
                 anc = h3_cell_to_parent(cells, int(r))
                 pos = np.searchsorted(h, anc)
@@ -282,12 +308,27 @@ class GeocellHierarchy:
                 idx[hit] = pos[hit]
             if nearest:
                 miss = np.flatnonzero(idx < 0)
-                if miss.size:
+                if miss.size and lvl == 0:
                     pts = latlon_to_unit_xyz(lat[order[miss]], lon[order[miss]])
                     # chord distance between unit vectors is monotone in great-circle distance
-                    _, nn = self._tree(lvl).query(pts, k=1)
-                    idx[miss] = nn
+                    _, idx[miss] = self._tree(0).query(pts, k=1)
+                elif miss.size:
+                    idx[miss] = self._nearest_child(lvl, prev[miss], lat[order[miss]], lon[order[miss]])
+            prev = idx
             out[order, lvl] = idx
+        return out
+
+    def _nearest_child(self, level: int, parent: np.ndarray, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+        """For each point, the child of its `parent` (a cell of level-1) at `level` with the nearest coordinate."""
+        ptr, children = self._children(level)
+        xyz = self._unit_xyz(level)
+        pts = latlon_to_unit_xyz(lat, lon)
+        out = np.full(parent.size, IGNORE_CELL, dtype=np.int64)
+        for p in np.unique(parent[parent >= 0]):  # one small search per parent: children are few
+            rows = np.flatnonzero(parent == p)
+            kids = children[ptr[p]:ptr[p + 1]]
+            if kids.size:  # largest dot product of unit vectors = smallest great-circle distance
+                out[rows] = kids[np.argmax(pts[rows] @ xyz[kids].T, axis=1)]
         return out
 
     # ------------------------------------------------------------------ persistence

@@ -58,6 +58,7 @@ class Backbone(nn.Module):
         trainable_blocks: int | None = None,
         pretrained_file: str | None = None,
         s3: S3Config | None = None,
+        projection_dim: int | None = None,
     ):
         super().__init__()
         kwargs = dict(kwargs or {})
@@ -69,20 +70,24 @@ class Backbone(nn.Module):
         arch = _LITE0_ARCH if packaged else name
         hub = pretrained and not packaged and not from_file
         self.name = arch
+        # projection_dim: keep timm's head as that linear map (CLIP's image projection), for `image_features`
+        head = projection_dim or 0
         try:
-            self.model = timm.create_model(arch, pretrained=hub, num_classes=0, **kwargs)
+            self.model = timm.create_model(arch, pretrained=hub, num_classes=head, **kwargs)
             img_size = None
         except TypeError as err:  # a CNN constructor has no img_size: the Backbone keeps it for the grid
             if "img_size" not in kwargs or not _rejects_img_size(err):
                 raise
             img_size = kwargs.pop("img_size")
-            self.model = timm.create_model(arch, pretrained=hub, num_classes=0, **kwargs)
+            self.model = timm.create_model(arch, pretrained=hub, num_classes=head, **kwargs)
         if from_file:
             self.load_pretrained_file(pretrained_file, s3)
         elif packaged:
             load_efficientnet_lite0_weights(self.model)
         self.is_vit = hasattr(self.model, "patch_embed")
         self.dim: int = self.model.num_features
+        self.projection_dim = projection_dim
+        self.feature_dim: int = projection_dim or self.dim  # width of `image_features`
         cfg = self.model.pretrained_cfg
         self.register_buffer("pixel_mean", torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406))).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1), persistent=False)
@@ -130,11 +135,14 @@ class Backbone(nn.Module):
         return tail
 
     @classmethod
-    def from_config(cls, config: ModelConfig, s3: S3Config | None = None) -> Backbone:
+    def from_config(cls, config: ModelConfig, s3: S3Config | None = None, *, projection_dim: int | None = None,
+                    trainable_blocks: int | None = None) -> Backbone:
         """The backbone a run's `ModelConfig` names: every model builder makes its backbone here. `s3` reaches a
-        `pretrained_file` on a custom S3 endpoint (None: the AWS credential chain)."""
-        return cls(config.backbone, config.backbone_kwargs, config.pretrained, config.trainable_blocks,
-                   config.pretrained_file, s3)
+        `pretrained_file` on a custom S3 endpoint (None: the AWS credential chain). `projection_dim` keeps timm's
+        head as a projection of that width (see `image_features`); `trainable_blocks` overrides the config's."""
+        blocks = config.trainable_blocks if trainable_blocks is None else trainable_blocks
+        return cls(config.backbone, config.backbone_kwargs, config.pretrained, blocks,
+                   config.pretrained_file, s3, projection_dim)
 
     def load_pretrained_file(self, uri: str, s3: S3Config | None = None) -> None:
         """Load a weights file into the timm model: strict on every backbone parameter and buffer.
@@ -186,6 +194,13 @@ class Backbone(nn.Module):
         if image.dtype == torch.uint8:
             image = image.permute(0, 3, 1, 2).to(self.pixel_mean.dtype).div(255)
         return (image - self.pixel_mean) / self.pixel_std
+
+    def image_features(self, image: torch.Tensor) -> torch.Tensor:
+        """[B, feature_dim]: one vector per image. With a projection (CLIP: timm's head is CLIP's image projection),
+        the head applied to the pooled, normalised tokens, i.e. CLIP's image embedding; else the global token."""
+        if self.projection_dim is None:
+            return self(image)[:, 0]
+        return self.model.forward_head(self.model.forward_features(self.pixels(image)))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         features = self.model.forward_features(self.pixels(image))

@@ -14,7 +14,7 @@ from torch import nn
 from geosurge.config import ModelConfig
 from geosurge.models.backbone import Backbone
 from geosurge.models.factory import register_model
-from geosurge.models.hierarchy import HierarchySpec
+from geosurge.models.hierarchy import HierarchySpec, level_cross_entropy
 from geosurge.models.tta import prediction_views
 
 
@@ -47,7 +47,7 @@ class FlatClassifier(nn.Module):
         logits = self.logits(batch["image"])
         out = {"logits": logits}
         if "cells" in batch:
-            out["loss"] = F.cross_entropy(logits, batch["cells"][:, -1].long())
+            out["loss"] = level_cross_entropy(logits, batch["cells"][:, -1])  # points without a finest cell skipped
         return out
 
     @torch.no_grad()

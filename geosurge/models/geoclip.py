@@ -1,13 +1,15 @@
 """GeoCLIP (design.md §1.2): image–GPS contrastive learning, prediction by retrieval over a GPS gallery.
 
-image ─ backbone ─ CLS ─ MLP (dim→768, ReLU, 768→512) ─ L2-normalise ─┐
+image ─ backbone ─ CLS (CLIP ViT-L/14: its 768-d projection) ─ MLP (→768, ReLU, 768→512) ─ L2-normalise ─┐
 GPS ─ Equal Earth ─ 3 × [RFF(σ) → MLP 512→1024→1024→1024 → 512], summed ─ L2-normalise ─┴ exp(s)·img·gpsᵀ
 Training: cross-entropy of each image against the batch's GPS plus a FIFO queue of past GPS (targets = the
 batch diagonal), as the package's `geoclip/train/train.py`. Inference: softmax over a GPS gallery (the
 package's 100K coordinates by default), top-k.
 
 The maths of the location encoder follows the `geoclip` package (MIT) line by line, so its released weights
-(which ship inside the package) load here and give the same output; see `load_geoclip_location_weights`.
+(which ship inside the package) load here and give the same output; see `load_geoclip_location_weights`. With a
+CLIP ViT-L/14 backbone the whole release is used: CLIP's 768-d image projection, the released image MLP and
+logit scale (`load_geoclip_image_head`, `released_logit_scale`), the backbone frozen as GeoCLIP freezes CLIP.
 """
 
 from __future__ import annotations
@@ -37,6 +39,13 @@ LOCATION_HIDDEN = 1024
 IMAGE_HIDDEN = 768
 GALLERY_CHUNK = 8192  # gallery coordinates encoded per forward pass: bounds activation memory
 RELEASED_SIGMAS = (2.0**0, 2.0**4, 2.0**8)  # the σ the released location encoder was trained with
+CLIP_L14_PROJECTION = 768  # CLIP ViT-L/14's image (and text) embedding: the released image MLP's input
+
+
+def is_clip_vit_l14(backbone: str) -> bool:
+    """Whether a timm name is a CLIP ViT-L/14 image tower (`vit_large_patch14_clip_224.openai`, the 336 px and
+    QuickGELU variants): GeoCLIP's backbone, whose 768-d projection the released image MLP was trained on."""
+    return backbone.startswith("vit_large_patch14_clip_")
 
 
 def equal_earth_projection(latlon: torch.Tensor) -> torch.Tensor:
@@ -184,6 +193,31 @@ def load_geoclip_location_weights(encoder: LocationEncoder, path: str | Path | N
     return encoder
 
 
+def make_image_head(in_dim: int, embed_dim: int = 512) -> nn.Sequential:
+    """GeoCLIP's image MLP: in_dim→768, ReLU, 768→embed_dim (the package's `ImageEncoder.mlp` layout)."""
+    return nn.Sequential(nn.Linear(in_dim, IMAGE_HIDDEN), nn.ReLU(), nn.Linear(IMAGE_HIDDEN, embed_dim))
+
+
+def load_geoclip_image_head(head: nn.Sequential, path: str | Path | None = None) -> nn.Sequential:
+    """Load the released GeoCLIP image MLP (768→768, ReLU, 768→512; `image_encoder_mlp_weights.pth` in the
+    package, keys `0.*` and `2.*` as our nn.Sequential) strictly. Raises ValueError on a shape mismatch."""
+    path = Path(path) if path is not None else geoclip_package_file("model", "weights", "image_encoder_mlp_weights.pth")
+    released = torch.load(path, map_location="cpu", weights_only=True)
+    ours = head.state_dict()
+    if set(released) != set(ours) or any(released[k].shape != ours[k].shape for k in ours):
+        raise ValueError(f"{path}: the released image MLP {({k: tuple(v.shape) for k, v in released.items()})} "
+                         f"does not fit this head {({k: tuple(v.shape) for k, v in ours.items()})}: it needs "
+                         f"{CLIP_L14_PROJECTION}-d image features and embed_dim 512")
+    head.load_state_dict(released, strict=True)
+    return head
+
+
+def released_logit_scale(path: str | Path | None = None) -> float:
+    """The released GeoCLIP logit scale (log of the multiplier; 3.681, ×39.7), `logit_scale_weights.pth`."""
+    path = Path(path) if path is not None else geoclip_package_file("model", "weights", "logit_scale_weights.pth")
+    return float(torch.load(path, map_location="cpu", weights_only=True))
+
+
 def load_gallery(uri: str, s3: storage.S3Config | None = None) -> torch.Tensor:
     """GPS gallery → float32 [N, 2] (lat, lon); see `geosurge.data.gps_gallery.load_gps_gallery`."""
     return torch.tensor(load_gps_gallery(uri, s3), dtype=torch.float32)
@@ -207,15 +241,17 @@ class GeoClip(nn.Module):
         gallery: str = "geoclip",
         pretrained_location_encoder: bool = True,
         logit_scale_init: float = math.log(1 / 0.07),
+        released_image_head: bool = False,
     ):
         super().__init__()
         self.backbone = backbone
-        self.image_head = nn.Sequential(
-            nn.Linear(self.backbone.dim, IMAGE_HIDDEN), nn.ReLU(), nn.Linear(IMAGE_HIDDEN, embed_dim)
-        )
+        self.image_head = make_image_head(self.backbone.feature_dim, embed_dim)
         self.location_encoder = LocationEncoder(tuple(rff_sigmas), embed_dim)
         if pretrained_location_encoder:
             load_geoclip_location_weights(self.location_encoder)
+        if released_image_head:  # the rest of the release: image MLP and the learned logit scale
+            load_geoclip_image_head(self.image_head)
+            logit_scale_init = released_logit_scale()
         # shape [1], not a 0-dim scalar: DeepSpeed broadcasts every parameter as bytes, which 0-dim tensors refuse
         self.logit_scale = nn.Parameter(torch.tensor([float(logit_scale_init)]))
 
@@ -232,8 +268,9 @@ class GeoClip(nn.Module):
 
     # -- embeddings ------------------------------------------------------------------------------------
     def embed_image(self, image: torch.Tensor) -> torch.Tensor:
-        """Images → L2-normalised [B, embed_dim] (backbone CLS token through the image head)."""
-        return F.normalize(self.image_head(self.backbone(image)[:, 0]), dim=-1)
+        """Images → L2-normalised [B, embed_dim]: the backbone's image features (CLIP's 768-d projection for a
+        CLIP ViT-L/14, else its CLS token) through the image head."""
+        return F.normalize(self.image_head(self.backbone.image_features(image)), dim=-1)
 
     def encode_locations(self, lat: torch.Tensor | np.ndarray, lon: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Coordinates in degrees → L2-normalised location embeddings [N, embed_dim]."""
@@ -323,12 +360,20 @@ class GeoClip(nn.Module):
 def _build(config: ModelConfig, hierarchy: HierarchySpec) -> GeoClip:
     del hierarchy  # GeoCLIP predicts from a GPS gallery, not from geocells
     c = config.geoclip
+    # GeoCLIP itself: CLIP ViT-L/14's 768-d image embedding (timm's head is CLIP's projection), the CLIP tower
+    # frozen (model.trainable_blocks=K still unfreezes its last K blocks), and, with the released location encoder
+    # (they were trained together), the released image MLP and logit scale
+    clip = is_clip_vit_l14(config.backbone)
+    released = c.pretrained_location_encoder if c.released_image_head is None else c.released_image_head
+    backbone = Backbone.from_config(config, projection_dim=CLIP_L14_PROJECTION if clip else None,
+                                    trainable_blocks=0 if clip and config.trainable_blocks is None else None)
     return GeoClip(
-        backbone=Backbone.from_config(config),
+        backbone=backbone,
         embed_dim=c.embed_dim,
         rff_sigmas=c.rff_sigmas,
         queue_size=c.queue_size,
         gallery=c.gallery,
         pretrained_location_encoder=c.pretrained_location_encoder,
         logit_scale_init=c.logit_scale_init,
+        released_image_head=clip and released,
     )

@@ -4,15 +4,19 @@ image ─ backbone ─ tokens (CLS + patches) ─ transformer encoder ─ memory
 queries: one learned query per (hierarchy level × scene) ─ shared decoder layers (self-attention over all
     queries, cross-attention to memory, FFN) ─ hierarchy-dependent layers (self-attention only among one
     level's queries, cross-attention to memory, a separate FFN per level) ─ LayerNorm
-each (level, scene) output ─ that level's linear classifier → logits over the level's cells.
+each (level, scene) output ─ that level's linear classifier → logits over the level's cells
+each (level, scene) output ─ the scene channel (a linear read-out, one score per query) ─ mean over levels
+    → scene logits [B, scenes]
 
 Training: for each level, cross-entropy of the logits of the image's own scene's query (scene from the batch's
-`scene` labels, else derived from the label map by `scene_from_label_map`), summed over levels. There is no
-scene-classification head or loss: the scene is chosen at inference from the geo-classifiers' own confidence.
-Inference: the scene whose queries are most confident (mean over levels of the max softmax probability) is
-chosen; a finest cell's score is its probability times its ancestors' (as GeoSURGE's `finest_log_scores`).
-Ten-crop: the scene is chosen on the confidence averaged over the 10 views, then the finest-cell probability
-products under that scene are averaged over the views (as GeoSURGE averages its products).
+`scene` labels, else derived from the label map by `scene_from_label_map`), summed over levels; plus the scene
+channel's cross-entropy against the same scene labels (`loss_scene`, weighted by `scene_loss_weight`), as the
+paper trains its queries' confidence channel on the scene labels.
+Inference: the scene with the highest scene-channel logit is chosen (the paper's scene prediction; the old rule,
+highest mean max-probability of the geo-classifiers, agreed with the label-map scene on 17.5% of test images);
+a finest cell's score is its probability times its ancestors' (as GeoSURGE's `finest_log_scores`) under that
+scene's queries. Ten-crop: the scene is chosen on the scene probabilities averaged over the 10 views, then the
+finest-cell probability products under that scene are averaged over the views (as GeoSURGE averages its products).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from torch import nn
 from geosurge.config import ModelConfig
 from geosurge.models.backbone import Backbone
 from geosurge.models.factory import register_model
-from geosurge.models.hierarchy import HierarchySpec
+from geosurge.models.hierarchy import HierarchySpec, level_cross_entropy
 from geosurge.models.tta import prediction_views
 from geosurge.segmentation.ade20k import ADE20K_ID
 
@@ -137,6 +141,7 @@ class GeoDecoder(nn.Module):
         hierarchy_layers: int = 1,
         heads: int = 4,
         dropout: float = 0.0,  # as the other models here (the ViT backbone has none either)
+        scene_loss_weight: float = 1.0,
     ):
         super().__init__()
         self.backbone = backbone
@@ -159,6 +164,10 @@ class GeoDecoder(nn.Module):
         # One classifier per level, shared by the scenes: the paper feeds the chosen scene's queries "to their
         # corresponding classifier" per hierarchy, and its released prototype has one classifier per hierarchy.
         self.classifiers = nn.ModuleList(nn.Linear(dim, n) for n in hierarchy.num_cells)
+        # The scene channel: one score per (level, scene) query, read from its decoded output; a scene's logit is
+        # the mean of its queries' scores over the levels. Trained with cross-entropy on the scene labels.
+        self.scene_channel = nn.Linear(dim, 1)
+        self.scene_loss_weight = scene_loss_weight
 
         self.register_buffer("ancestors", torch.from_numpy(hierarchy.ancestors()), persistent=False)
         self.register_buffer("finest_latlon", torch.from_numpy(hierarchy.latlon()), persistent=False)
@@ -169,6 +178,10 @@ class GeoDecoder(nn.Module):
 
     def query_logits(self, image: torch.Tensor) -> list[torch.Tensor]:
         """Per level l: [B, scenes, n_l], the logits of every scene's query of that level."""
+        return self.decode(image)[0]
+
+    def decode(self, image: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """(per level l: [B, scenes, n_l] logits of every scene's query, [B, scenes] scene-channel logits)."""
         memory = self.backbone(image)
         for layer in self.encoder:
             memory = layer(memory)
@@ -181,7 +194,8 @@ class GeoDecoder(nn.Module):
         for layer in self.hierarchy_decoder:
             x = layer(x, memory)
         x = self.decoder_norm(x)
-        return [classifier(x[:, l]) for l, classifier in enumerate(self.classifiers)]
+        scene_logits = self.scene_channel(x).squeeze(-1).mean(1)  # [B, levels, scenes] → mean over levels
+        return [classifier(x[:, l]) for l, classifier in enumerate(self.classifiers)], scene_logits
 
     def batch_scene(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """LongTensor [B]: the batch's `scene` labels; unknown (< 0) or absent ones derived from `label_map`."""
@@ -206,11 +220,8 @@ class GeoDecoder(nn.Module):
 
     @staticmethod
     def scene_confidence(level_logits: list[torch.Tensor]) -> torch.Tensor:
-        """[B, scenes]: for each scene, the mean over levels of its query's max softmax probability.
-
-        (The paper's figure reads each query's confidence from channel 0 of its output, trained as a scene score;
-        the max softmax probability needs no extra head or scene loss; both score how sure a scene's queries are.)
-        """
+        """[B, scenes]: for each scene, the mean over levels of its query's max softmax probability. A diagnostic
+        only: the scene is selected by the scene channel (`decode`), which is trained on the scene labels."""
         return torch.stack([F.softmax(l.float(), dim=-1).amax(-1) for l in level_logits]).mean(0)
 
     def finest_log_scores(self, level_logits: list[torch.Tensor], scene: torch.Tensor) -> torch.Tensor:
@@ -222,16 +233,18 @@ class GeoDecoder(nn.Module):
         return scores
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        level_logits = self.query_logits(batch["image"])
-        out = {"scene_confidence": self.scene_confidence(level_logits).detach()}
+        level_logits, scene_logits = self.decode(batch["image"])
+        out = {"scene_confidence": self.scene_confidence(level_logits).detach(), "scene_logits": scene_logits.detach()}
         if "cells" in batch:
             cells = batch["cells"].long()
             scene = self.batch_scene(batch)
             rows = torch.arange(len(scene), device=scene.device)
-            losses = [F.cross_entropy(logits[rows, scene], cells[:, l]) for l, logits in enumerate(level_logits)]
+            losses = [level_cross_entropy(logits[rows, scene], cells[:, l]) for l, logits in enumerate(level_logits)]
             for l, loss in enumerate(losses):
                 out[f"loss_level_{l}"] = loss.detach()
-            out["loss"] = torch.stack(losses).sum()
+            scene_loss = F.cross_entropy(scene_logits.to(torch.promote_types(scene_logits.dtype, torch.float32)), scene)
+            out["loss_scene"] = scene_loss.detach()
+            out["loss"] = torch.stack(losses).sum() + self.scene_loss_weight * scene_loss
             out["scene"] = scene
         return out
 
@@ -239,12 +252,13 @@ class GeoDecoder(nn.Module):
     def predict(self, batch: dict[str, torch.Tensor], k: int = 5, ten_crop: bool = False) -> dict[str, torch.Tensor]:
         """Top-k finest cells: `cell`, `score` (probability products), `lat`, `lon` [B,k]; `scene` [B] chosen.
 
-        The scene is chosen by the model (highest mean confidence), not taken from the batch, as in the paper.
-        `ten_crop=True`: one scene per image, from the confidence averaged over the 10 views of `ten_crop_views`;
-        the finest-cell probability products under it are averaged over the views.
+        The scene is chosen by the model's scene channel (highest scene logit), not taken from the batch, as in the
+        paper. `ten_crop=True`: one scene per image, from the scene probabilities averaged over the 10 views of
+        `ten_crop_views`; the finest-cell probability products under it are averaged over the views.
         """
-        per_view = [self.query_logits(image) for image, _ in prediction_views(batch, ten_crop)]
-        scene = (sum(self.scene_confidence(l) for l in per_view) / len(per_view)).argmax(-1)
+        decoded = [self.decode(image) for image, _ in prediction_views(batch, ten_crop)]
+        per_view = [level_logits for level_logits, _ in decoded]
+        scene = (sum(F.softmax(s.float(), dim=-1) for _, s in decoded) / len(decoded)).argmax(-1)
         if len(per_view) == 1:
             top = self.finest_log_scores(per_view[0], scene).topk(min(k, self.ancestors.shape[1]), dim=-1)
             cells, scores = top.indices, top.values.exp()
@@ -267,4 +281,5 @@ def _build(config: ModelConfig, hierarchy: HierarchySpec) -> GeoDecoder:
         decoder_layers=gd.decoder_layers,
         hierarchy_layers=gd.hierarchy_layers,
         heads=gd.heads,
+        scene_loss_weight=gd.scene_loss_weight,
     )

@@ -1,7 +1,7 @@
 """GeoSURGE (design.md §1.1): semantic fusion over a timm backbone + a hierarchy of geocell embeddings.
 
 image ─ backbone ─ RGB tokens (CLS + patches) ───────────────┐ keys/values (with the queries)
-label map ─ one-hot pooled to the patch grid ─ linear ─ semantic tokens ─┴ queries (CLS prepended)
+label map ─ per-patch class histogram (or its majority class) ─ linear ─ semantic tokens ─┴ queries (CLS prepended)
         → N × [cross-attention + MLP, residuals, LayerNorm] → fused CLS → LayerNorm → linear → v
 v · g_l / τ_l against every cell embedding g_l of each level l → InfoNCE per level, summed.
 Inference: per-level softmax; a finest cell's score is its probability times its ancestors'. Exact scoring
@@ -21,9 +21,11 @@ from torch import nn
 from geosurge.config import ModelConfig
 from geosurge.models.backbone import Backbone
 from geosurge.models.factory import register_model
-from geosurge.models.hierarchy import HierarchySpec
+from geosurge.models.hierarchy import HierarchySpec, level_cross_entropy
 from geosurge.models.tta import ten_crop_views
 from geosurge.segmentation.ade20k import NUM_ADE20K_CLASSES
+
+SEMANTIC_TOKEN_MODES = ("histogram", "majority")
 
 
 def child_index(parents: np.ndarray, num_parent_cells: int) -> tuple[np.ndarray, np.ndarray]:
@@ -100,8 +102,12 @@ class GeoSurge(nn.Module):
         temperature_init: float = 0.07,
         semantic_classes: int = NUM_ADE20K_CLASSES,
         cell_init: str = "random",
+        semantic_tokens: str = "histogram",
     ):
         super().__init__()
+        if semantic_tokens not in SEMANTIC_TOKEN_MODES:
+            raise ValueError(f"semantic_tokens must be one of {SEMANTIC_TOKEN_MODES}, got {semantic_tokens!r}")
+        self.semantic_mode = semantic_tokens
         self.backbone = backbone
         self.grid = self.backbone.grid
         dim = self.backbone.dim
@@ -136,12 +142,24 @@ class GeoSurge(nn.Module):
     def num_levels(self) -> int:
         return len(self.cell_embeddings)
 
-    def semantic_tokens(self, label_map: torch.Tensor) -> torch.Tensor:
-        """uint8 [B,g,g] ADE20K ids → [B, grid_h*grid_w, dim]: one-hot, pooled to the patch grid, projected."""
+    def patch_histograms(self, label_map: torch.Tensor) -> torch.Tensor:
+        """uint8 [B,g,g] ADE20K ids → [B, classes, grid_h, grid_w]: the share of each class in each patch.
+
+        The shards hold one label per cell of the stored label grid (the segmenter's argmax of its mean logits
+        there), so a histogram sees the mix inside a patch only at that resolution: a stored grid k times the patch
+        grid gives k² votes per patch; a stored grid equal to the patch grid gives one-hot patches."""
         one_hot = F.one_hot(label_map.long(), self.semantic_classes).permute(0, 3, 1, 2).to(self.semantic_pos.dtype)
-        if tuple(one_hot.shape[-2:]) != self.grid:  # stored grid ≠ model grid: class fractions per patch
+        if tuple(one_hot.shape[-2:]) != self.grid:
             one_hot = F.adaptive_avg_pool2d(one_hot, self.grid)
-        return self.semantic_proj(one_hot.flatten(2).transpose(1, 2)) + self.semantic_pos
+        return one_hot
+
+    def semantic_tokens(self, label_map: torch.Tensor) -> torch.Tensor:
+        """uint8 [B,g,g] ADE20K ids → [B, grid_h*grid_w, dim]: per-patch class histograms, projected ("histogram":
+        the whole mix of classes in a patch), or the one-hot of each patch's majority class ("majority")."""
+        patches = self.patch_histograms(label_map)
+        if self.semantic_mode == "majority":  # ties go to the lower class id (argmax's first maximum)
+            patches = F.one_hot(patches.argmax(1), self.semantic_classes).permute(0, 3, 1, 2).to(patches.dtype)
+        return self.semantic_proj(patches.flatten(2).transpose(1, 2)) + self.semantic_pos
 
     def embed(self, image: torch.Tensor, label_map: torch.Tensor | None) -> torch.Tensor:
         tokens = self.backbone(image)  # [B, 1 + patches, dim]
@@ -164,7 +182,7 @@ class GeoSurge(nn.Module):
         out = {"embedding": v}
         if "cells" in batch:
             cells = batch["cells"].long()
-            losses = [F.cross_entropy(logits, cells[:, l]) for l, logits in enumerate(self.level_logits(v))]
+            losses = [level_cross_entropy(logits, cells[:, l]) for l, logits in enumerate(self.level_logits(v))]
             for l, loss in enumerate(losses):
                 out[f"loss_level_{l}"] = loss.detach()
             out["loss"] = torch.stack(losses).sum()
@@ -310,4 +328,5 @@ def _build(config: ModelConfig, hierarchy: HierarchySpec) -> GeoSurge:
         fusion_heads=config.fusion_heads,
         temperature_init=config.temperature_init,
         cell_init=config.cell_init,
+        semantic_tokens=config.semantic_tokens,
     )

@@ -5,8 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
-from geosurge.geo.geocells import GeocellHierarchy
+from geosurge.geo.geocells import IGNORE_CELL, GeocellHierarchy
+
+
+def level_cross_entropy(logits: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the rows that have a cell at this level; rows labelled IGNORE_CELL (their cell
+    was dropped from the level, see `GeocellHierarchy.assign`) are skipped. A batch with no labelled row gives 0,
+    not the NaN of a mean over nothing, so one sparse batch cannot poison the summed loss."""
+    cells = cells.long()
+    total = F.cross_entropy(logits, cells, ignore_index=IGNORE_CELL, reduction="sum")
+    return total / (cells != IGNORE_CELL).sum().clamp(min=1)
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,9 @@ class StageRunner:
     def __init__(self, ledger: StageLedger, keys: dict[str, str], force: list[str] | None = None):
         self.ledger, self.keys = ledger, keys
         self.stages = list(keys)
+        unknown = sorted(set(force or []) - set(self.stages))
+        if unknown:
+            raise ValueError(f"--force {', '.join(unknown)}: no such stage; the stages are {', '.join(self.stages)}")
         first_forced = min((self.stages.index(f) for f in force or []), default=len(self.stages))
         self.done: dict[str, StageRecord] = {}
         for name in self.stages[:first_forced]:

@@ -19,7 +19,7 @@ import time
 import mlflow
 import numpy as np
 
-from geosurge import storage
+from geosurge import console, storage
 from geosurge.config import PipelineConfig
 from geosurge.data.geoworld import generate_geoworld
 from geosurge.data.manifest import list_manifest_files, manifest_coordinates
@@ -168,10 +168,10 @@ class PipelineJob:
             if storage.is_http(uri):
                 copy = self.root.manifest_copy(uri)
                 size = storage.copy_from_http(uri, copy, self.s3)
-                print(f"data: {uri} → {copy} ({size / 1e6:.1f} MB)", flush=True)
+                print(f"data: {storage.redact_uri(uri)} → {copy} ({size / 1e6:.1f} MB)", flush=True)
                 uri = copy
             files = list_manifest_files(uri, self.s3)  # fails clearly on a missing manifest
-            print(f"data: {uri}: {len(files)} manifest file(s)", flush=True)
+            print(f"data: {storage.redact_uri(uri)}: {len(files)} manifest file(s)", flush=True)
             manifests.append(uri)
         return {f"manifest{i}": uri for i, uri in enumerate(manifests)}, {"manifests": manifests}
 
@@ -229,7 +229,7 @@ class PipelineJob:
             # your own imagery has no test split (test images come from the benchmarks): check on the held-out rows
             print(f"register: the shards have no '{split}' rows; evaluating the held-out 'val' rows instead")
             split = "val"
-        state_dict = consolidated_state_dict(self.checkpoint)
+        state_dict = consolidated_state_dict(self.checkpoint, self.s3)
         model = create_model(config.model, self.hierarchy, pretrained=False)  # trained weights follow
         model.load_state_dict(state_dict)
         metrics, predictions = evaluate_split(model, self.shards_uri, split, self.s3, config.eval.top_k,
@@ -238,11 +238,14 @@ class PipelineJob:
         mlflow.log_metrics({f"{split}_{k}": float(v) for k, v in metrics.items()})
         mlflow.log_metrics({f"{split}_median_guess_{k}": float(v) for k, v in reference.items()})
         mlflow.log_table(predictions, f"predictions_{split}.json")
-        print(format_metrics_table({f"{config.model.name} ({split}, n={metrics['n']:.0f})": metrics,
+        print(format_metrics_table({f"{config.model.name} ({split} shards at {config.ingest.image_size} px, "
+                                    f"n={metrics['n']:.0f})": metrics,
                                     "median-coordinate guess": reference}))
         registered = dataclasses.replace(config, ingest=self.ingest_config)  # the segmenter the model was trained with
         segmenter = Segmenter(self.ingest_config.segmenter, config.ingest.label_grid, s3=self.s3)
-        model_uri, version = register_model(state_dict, registered, self.hierarchy, segmenter, self.shards_uri, split)
+        model_uri, version = register_model(state_dict, registered, self.hierarchy, segmenter, self.shards_uri, split,
+                                             work_key=f"pipeline|{self.keys['register']}|{self.run.info.run_id}",
+                                             checkpoint_uri=self.checkpoint)
         return {}, {"version": version, "model_uri": model_uri, "mlflow_run_id": self.run.info.run_id,
                     "split": split, "metrics": metrics, "median_guess": reference}
 
@@ -265,15 +268,23 @@ def summarise(config: PipelineConfig, records: dict[str, StageRecord], started: 
     print(f"ingest: {ingested['rows_in']} in = {ingested['shard_rows']} in shards + "
           f"{sum(ingested['quarantined_by_reason'].values())} quarantined ({reasons})")
     split = register.get("split", config.eval.split)
-    print(format_metrics_table({f"{config.model.name} v{register['version']} ({split})": register["metrics"],
+    print(format_metrics_table({f"{config.model.name} v{register['version']} ({split} shards at "
+                                f"{config.ingest.image_size} px)": register["metrics"],
                                 "median-coordinate guess": register["median_guess"]}))
+    # the eval job's table (stage 7) scores the same version on the benchmark's original images, which the
+    # registered model resizes itself: a different input, so a different score
+    print(f"(scored on the ingested shards; the eval job scores the benchmarks' original images, so its numbers "
+          f"for v{register['version']} can differ)")
     if is_random_spec(records["segmenter"].summary["spec"]):
         print("(semantic label maps came from a randomly initialised segmenter)")
     decision = records["evaluate"].summary["decision"]
     print(f"promotion: {decision.get('action')} — {decision.get('reason')}")
+    if console.log_dir():
+        print(f"logs: {console.log_dir()} (driver.log: Ray, Ray Data, MLflow, DeepSpeed, transformers; workers.log: "
+              "the Ray workers' output; --verbose shows them on the console)")
     print(json.dumps({
         "data_root": config.resolved_data_root,
-        "manifests": records["data"].summary["manifests"],
+        "manifests": [storage.redact_uri(m) for m in records["data"].summary["manifests"]],
         "segmenter": records["segmenter"].summary["spec"],
         "geocells": records["geocells"].outputs["geocells"],
         "shards": records["ingest"].outputs["shards"],
@@ -281,6 +292,7 @@ def summarise(config: PipelineConfig, records: dict[str, StageRecord], started: 
         "checkpoint": records["train"].outputs["checkpoint"],
         "mlflow_tracking_uri": config.resolved_tracking_uri,
         "mlflow_run_id": register["mlflow_run_id"],
+        "logs": console.log_dir(),
         "model": f"{register['model_uri']} (version {register['version']})",
         "aliases": {alias: f"version {v}" for alias, v in aliases},
         "stages": {n: r.key for n, r in records.items()},

@@ -5,7 +5,13 @@ only those (Ray Data; cells from the champion's fixed geocell hierarchy) → fin
 shards (Ray Train + DeepSpeed) → register a new version as `@challenger` → eval job on the fixed benchmarks →
 promote to `@champion` only if better → advance the watermark → release the lock.
 
-Exit codes: 0 done (or nothing new: says so), 75 another retraining run holds the lock, 1 error.
+Exit codes: 0 done (or nothing new: says so), 75 another retraining run holds the lock (or took it over from this
+one, which then stops before writing anything), 1 error.
+
+A run killed after registering and resubmitted does not register again: the version carries an idempotency key
+(the new manifests and the training run they name), and the rerun evaluates that version and advances the
+watermark. The lock is renewed while the run lives and checked (fencing) before registering, before the champion
+alias may move and before the watermark is saved; the watermark is saved only over the version this run read.
 """
 
 from __future__ import annotations
@@ -26,19 +32,21 @@ from geosurge.orchestration.retraining import (
     BucketLock,
     IncomingManifest,
     LockHeld,
+    LockLost,
     Watermark,
     find_new_manifests,
 )
 from geosurge.orchestration.steps import (
     evaluate_version,
     header,
+    idempotency_key,
     ingest_manifests,
     register_model,
     train_model,
 )
 from geosurge.runtime import init_ray
 from geosurge.serving import GeoLocator
-from geosurge.tracking.registry import load_locator
+from geosurge.tracking.registry import check_lineage, find_version_by_key, load_locator
 from geosurge.tracking.runs import start_mlflow_run
 from geosurge.train.trainer import consolidated_state_dict
 
@@ -55,9 +63,19 @@ def run_retrain(config: PipelineConfig) -> int:
         print(f"another retraining run is in progress, so this one does nothing: {e}", flush=True)
         return EXIT_LOCKED
     try:
-        return retrain(config, root)
+        return retrain(config, root, lock)
+    except LockLost as e:
+        print(f"retrain: this run lost the lock, so it stops here without writing more: {e}", flush=True)
+        return EXIT_LOCKED
     finally:
         lock.release()
+
+
+def retrain_run_name(config: PipelineConfig, new: list[IncomingManifest]) -> str:
+    """The training run's name, fixed by the new manifests: a killed run resubmitted for the same new imagery
+    resumes its training (and finds the version it registered) instead of starting over."""
+    digest = hashlib.sha256(" ".join(m.uri for m in new).encode()).hexdigest()[:8]
+    return f"{config.run_name}-retrain-{digest}"
 
 
 def fine_tune_config(config: PipelineConfig, champion: GeoLocator, new: list[IncomingManifest],
@@ -66,10 +84,9 @@ def fine_tune_config(config: PipelineConfig, champion: GeoLocator, new: list[Inc
     champion's (so versions stay comparable); epochs and lr come from `retrain`; training starts from
     `init_weights`. The run name is fixed by the new manifests, so a killed run resubmitted for the same new
     imagery resumes its training instead of starting over."""
-    digest = hashlib.sha256(" ".join(m.uri for m in new).encode()).hexdigest()[:8]
     return dataclasses.replace(
         config,
-        run_name=f"{config.run_name}-retrain-{digest}",
+        run_name=retrain_run_name(config, new),
         model=champion.config.model,
         geocells=champion.config.geocells,
         ingest=dataclasses.replace(config.ingest, image_size=champion.config.ingest.image_size,
@@ -80,9 +97,10 @@ def fine_tune_config(config: PipelineConfig, champion: GeoLocator, new: list[Inc
     )
 
 
-def retrain(config: PipelineConfig, root: DataRoot) -> int:
+def retrain(config: PipelineConfig, root: DataRoot, lock: BucketLock | None = None) -> int:
     started = time.time()
     s3 = config.s3
+    fence = lock.check if lock is not None else (lambda: None)
     incoming = config.retrain.incoming or root.incoming
     watermark = Watermark.load(root.retrain_watermark, s3)
     new = find_new_manifests(incoming, watermark, s3)
@@ -95,6 +113,42 @@ def retrain(config: PipelineConfig, root: DataRoot) -> int:
     init_ray(config)
     mlflow.set_tracking_uri(config.resolved_tracking_uri)
     name = config.tracking.registered_model
+    work_key = f"retrain|{name}|{retrain_run_name(config, new)}"  # the new manifests and the training run
+    earlier = find_version_by_key(name, idempotency_key(work_key))
+    if earlier is not None:
+        parent = mlflow.MlflowClient().get_model_version(name, earlier).tags.get("retrain.parent_version", "?")
+        print(f"version {earlier} (fine-tuned from version {parent}) was registered for these manifests by an "
+              "earlier attempt that stopped before advancing the watermark: it is not trained or registered "
+              "again; it is evaluated, and the watermark advanced", flush=True)
+        run, totals, champion_version, version = None, None, parent, earlier  # the eval job opens its own run
+    else:
+        run, totals, champion_version, version = _fine_tune_and_register(config, root, new, work_key, fence)
+
+    header("5/5 evaluate challenger vs champion on the fixed benchmarks; promote only if better")
+    outcome = evaluate_version(config, version, before_promote=fence)
+    mlflow.end_run()
+
+    watermark.advance(new)
+    watermark.save(root.retrain_watermark, s3, lock=lock)  # fenced, and only over the version read above
+    print(f"\n=== retraining done in {time.time() - started:.0f} s ===")
+    print(json.dumps({
+        "new_manifests": [m.uri for m in new],
+        "new_rows_in": totals.rows_in if totals else None,  # None: ingested by the earlier attempt
+        "new_shard_rows": totals.shard_rows if totals else None,
+        "parent_version": str(champion_version),
+        "new_version": version,
+        "promoted": bool(outcome.alias_moved),
+        "watermark": root.retrain_watermark,
+        "mlflow_run_id": run.info.run_id if run else None,
+    }, indent=2))
+    return 0
+
+
+def _fine_tune_and_register(config: PipelineConfig, root: DataRoot, new: list[IncomingManifest], work_key: str,
+                            fence) -> tuple:
+    """Steps 1–4: load the champion, ingest only the new imagery, fine-tune from the champion's weights and
+    register the result. Returns (MLflow run, ingest totals, champion version, new version)."""
+    s3, name = config.s3, config.tracking.registered_model
     champion_uri = f"models:/{name}@{config.eval.champion_alias}"
     t = header(f"1/5 load the champion {champion_uri}")
     try:
@@ -102,6 +156,7 @@ def retrain(config: PipelineConfig, root: DataRoot) -> int:
     except mlflow.exceptions.MlflowException as e:
         raise SystemExit(f"retrain: no {champion_uri} in {config.resolved_tracking_uri} to fine-tune from: run "
                          f"workflows/full_pipeline.py first (its eval step names the first champion). ({e.message})")
+    check_lineage(name, champion_version)  # only a version this pipeline registered is fine-tuned
     champion = load_locator(f"models:/{name}/{champion_version}")
     hierarchy, hierarchy_uri = champion.hierarchy, root.champion_geocells(champion_version)
     hierarchy.save(hierarchy_uri, s3)
@@ -114,7 +169,8 @@ def retrain(config: PipelineConfig, root: DataRoot) -> int:
 
     run = start_mlflow_run(config)
     mlflow.set_tags({"geosurge.job": "retrain", "retrain.parent_version": str(champion_version),
-                     "retrain.manifests": json.dumps([m.uri for m in new])[:5000]})
+                     "retrain.manifests": json.dumps([m.uri for m in new])[:5000],
+                     "segmenter": config.ingest.segmenter, "segmenter_random_init": str(champion.segmenter.is_random)})
 
     header("2/5 ingest only the new imagery (Ray Data)")
     totals = ingest_manifests([m.uri for m in new], root.ingest, config.ingest, s3, hierarchy, "retrain_new",
@@ -122,28 +178,12 @@ def retrain(config: PipelineConfig, root: DataRoot) -> int:
 
     t = header(f"3/5 fine-tune from version {champion_version} on all shards, {config.train.epochs} epoch(s)")
     trained = train_model(config, totals.shards_uri, hierarchy, hierarchy_uri, run.info.run_id)
-    state_dict = consolidated_state_dict(trained.checkpoint_path)
+    state_dict = consolidated_state_dict(trained.checkpoint_path, s3)
     print(f"checkpoint: {trained.checkpoint_path} ({time.time() - t:.1f} s)")
 
     header("4/5 register the fine-tuned model as the challenger")
+    fence()
     _, version = register_model(state_dict, config, hierarchy, champion.segmenter, totals.shards_uri, "train",
-                                tags={"retrain.parent_version": str(champion_version)})
-
-    header("5/5 evaluate challenger vs champion on the fixed benchmarks; promote only if better")
-    outcome = evaluate_version(config, version)
-    mlflow.end_run()
-
-    watermark.advance(new)
-    watermark.save(root.retrain_watermark, s3)
-    print(f"\n=== retraining done in {time.time() - started:.0f} s ===")
-    print(json.dumps({
-        "new_manifests": [m.uri for m in new],
-        "new_rows_in": totals.rows_in,
-        "new_shard_rows": totals.shard_rows,
-        "parent_version": str(champion_version),
-        "new_version": version,
-        "promoted": bool(outcome.alias_moved),
-        "watermark": root.retrain_watermark,
-        "mlflow_run_id": run.info.run_id,
-    }, indent=2))
-    return 0
+                                tags={"retrain.parent_version": str(champion_version)}, work_key=work_key,
+                                checkpoint_uri=trained.checkpoint_path)
+    return run, totals, str(champion_version), version

@@ -7,18 +7,20 @@ the caller's active MLflow run, prints what it did, and returns what the next st
 
 from __future__ import annotations
 
+import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import mlflow
-from mlflow.tracking import MlflowClient
 
 from geosurge.config import IngestConfig, PipelineConfig
 from geosurge.data.ingest import IngestResult, ingest
 from geosurge.data.shards import read_split
 from geosurge.eval.job import EvalOutcome, run_eval_job
 from geosurge.geo.geocells import GeocellHierarchy
-from geosurge.layout import IngestLayout
+from geosurge.layout import DataRoot, IngestLayout
+from geosurge.orchestration.retraining import BucketLock
 from geosurge.segmentation.segmenter import Segmenter
 from geosurge.tracking.registry import log_and_register
 from geosurge.train.trainer import TrainResult, train
@@ -81,20 +83,44 @@ def train_model(config: PipelineConfig, shards_uri: str, hierarchy: GeocellHiera
 
 
 def register_model(state_dict: dict, config: PipelineConfig, hierarchy: GeocellHierarchy, segmenter: Segmenter,
-                   shards_uri: str, example_split: str, tags: dict[str, str] | None = None) -> tuple[str, str]:
+                   shards_uri: str, example_split: str, tags: dict[str, str] | None = None,
+                   work_key: str = "", checkpoint_uri: str = "") -> tuple[str, str]:
     """Log the model (with one shard image as its input example) in the active MLflow run, register a new
-    version at `tracking.alias` and tag it; returns (model URI by alias, version)."""
+    version at `tracking.alias` with `tags`; returns (model URI by alias, version). Idempotent: `work_key` (what
+    was trained, and in which training run) gives the version's idempotency key, so a rerun of the same work
+    reuses the version it registered before a crash (see `idempotency_key`)."""
     example_image = read_split(shards_uri, example_split, config.s3).take(1)[0]["image"]
-    model_uri, version = log_and_register(state_dict, config, hierarchy, segmenter, example_image)
-    for key, value in (tags or {}).items():
-        MlflowClient().set_model_version_tag(config.tracking.registered_model, version, key, value)
+    key = idempotency_key(work_key)
+    model_uri, version = log_and_register(state_dict, config, hierarchy, segmenter, example_image,
+                                          shards_uri=shards_uri, checkpoint_uri=checkpoint_uri,
+                                          idempotency_key=key, tags=tags)
     print(f"registered {config.tracking.registered_model} version {version} as {model_uri}", flush=True)
     return model_uri, version
 
 
-def evaluate_version(config: PipelineConfig, version: str) -> EvalOutcome:
-    """The eval job on a registered version: against @champion on the fixed benchmarks; promote it if better."""
-    outcome = run_eval_job(config, f"models:/{config.tracking.registered_model}/{version}")
+def promotion_lock(config: PipelineConfig) -> BucketLock:
+    """The lock every eval job holds from reading the champion to moving it (`<data_root>/eval/`); LockHeld
+    (with who holds it) when another eval job is deciding."""
+    return BucketLock(DataRoot(config.resolved_data_root).promotion_lock, config.retrain.lock_ttl_s, config.s3)
+
+
+def idempotency_key(work_key: str) -> str:
+    """The registered version's idempotency key for a unit of work (a short hash of it)."""
+    return hashlib.sha256(work_key.encode()).hexdigest()[:24]
+
+
+def evaluate_version(config: PipelineConfig, version: str, before_promote: Callable[[], None] | None = None
+                     ) -> EvalOutcome:
+    """The eval job on a registered version: against @champion on the fixed benchmarks; promote it if better.
+    `before_promote`: the caller's fencing check, right before the champion alias may move. Eval jobs are
+    serialised by the promotion lock in the bucket, so two never decide against the same champion at once."""
+    with promotion_lock(config) as lock:
+        def fence() -> None:
+            lock.check()
+            if before_promote is not None:
+                before_promote()
+
+        outcome = run_eval_job(config, f"models:/{config.tracking.registered_model}/{version}", fence)
     print(outcome.table())
     decision = outcome.decision
     print(f"decision: {decision.action if decision else 'none'} — {decision.reason if decision else ''}", flush=True)

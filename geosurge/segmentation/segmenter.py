@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from geosurge import storage
 from geosurge.config import S3Config
+from geosurge.device import autocast, device_for, inference_dtype
 from geosurge.segmentation.ade20k import NUM_ADE20K_CLASSES
 from geosurge.segmentation.cache import cached_checkpoint
 from geosurge.segmentation.families import (
@@ -99,12 +100,11 @@ class Segmenter:
     """Batched segmentation to patch-grid label maps. Used as a Ray Data actor (one model per actor)."""
 
     def __init__(self, spec: str, grid: int, device: str | None = None, *, s3: S3Config | None = None):
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch.device(device) if device else device_for()
         self.family, checkpoint = load_family(spec, s3)
         self.is_random = is_random_spec(spec)
         self.family.model.to(self.device)
-        # bf16 on GPU halves memory traffic; CPUs keep fp32 (bf16 matmuls are slow on many CPUs)
-        self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        self.dtype = inference_dtype(self.device)
         self.grid = grid
         divisor, mean, std = pixel_statistics(checkpoint) or (255.0, _MEAN, _STD)
         self._divisor = divisor
@@ -124,6 +124,6 @@ class Segmenter:
         """uint8 RGB images [B, H, W, 3] → uint8 label maps [B, grid, grid] of ADE20K ids."""
         x = torch.from_numpy(images).to(self.device).permute(0, 3, 1, 2).float().div_(self._divisor)
         x = (x - self._mean) / self._std
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+        with autocast(self.device, bf16=self.dtype == torch.bfloat16):
             scores = self.family.class_scores(x)
         return pool_logits_to_grid(scores, self.grid)

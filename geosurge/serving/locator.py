@@ -5,6 +5,7 @@ job and retraining; it knows nothing of MLflow."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -14,29 +15,39 @@ import yaml
 from geosurge import storage
 from geosurge.config import PipelineConfig
 from geosurge.data.images import ImageRejected, ImageSpec, decode_image
+from geosurge.device import device_for
 from geosurge.geo.geocells import GeocellHierarchy
 from geosurge.layout import GEOCELLS_FILE
 from geosurge.models import create_model
 from geosurge.segmentation.segmenter import Segmenter
 from geosurge.serving.prediction import (
     DEFAULT_TOP_K,
+    Belief,
     ImageInput,
     Prediction,
+    beliefs_from_arrays,
     predictions_from_arrays,
 )
 
+ALL_CANDIDATES = 2**31 - 1  # every model's predict caps k at its candidate count: this k returns them all
 _REDACTED = "<hidden>"  # what PipelineConfig.to_dict writes in place of S3 credentials
+log = logging.getLogger(__name__)
 
 
 class GeoLocator:
     """A loaded model + segmenter that turns images into `Prediction`s. Used by the pyfunc and by eval."""
 
     def __init__(self, model: torch.nn.Module, segmenter: Segmenter, config: PipelineConfig, hierarchy: GeocellHierarchy):
-        self.model = model.eval()
+        self.device = device_for()  # the GPU when there is one
+        self.model = model.to(self.device).eval()
         self.segmenter = segmenter
         self.config = config
         self.hierarchy = hierarchy
-        self.spec = ImageSpec(size=config.ingest.image_size, max_pixels=config.ingest.max_image_pixels)
+        self.spec = ImageSpec(size=config.ingest.image_size, max_pixels=config.ingest.max_image_pixels,
+                              large_decode_pixels=config.ingest.large_decode_pixels)
+        i = config.ingest  # URI reads: ingest's limits, a few retries, and one total deadline per image
+        self._policy = storage.RetryPolicy(retries=min(2, i.fetch_retries), backoff_s=i.fetch_backoff_s,
+                                           timeout_s=i.fetch_timeout_s, deadline_s=i.fetch_deadline_s)
         self.finest_h3 = hierarchy.levels[-1]["h3"].to_numpy(np.uint64)  # the models' `cell` indexes these
 
     @classmethod
@@ -61,7 +72,8 @@ class GeoLocator:
         """uint8 images [B,H,W,3] (already at the model's size) → top-k arrays; `ten_crop`: averaged over the 10
         test-time views (each model's `predict(..., ten_crop=True)`; the label map is cropped alongside)."""
         label_maps = self.segmenter.label_maps(images)
-        out = self.model.predict({"image": torch.from_numpy(images), "label_map": torch.from_numpy(label_maps)}, k,
+        out = self.model.predict({"image": torch.from_numpy(images).to(self.device),
+                                  "label_map": torch.from_numpy(label_maps).to(self.device)}, k,
                                  ten_crop=ten_crop)
         return {key: value.cpu().numpy() for key, value in out.items()}
 
@@ -70,12 +82,7 @@ class GeoLocator:
         for an input that is not a usable image."""
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
-        arrays = []
-        for i, data in enumerate(images):
-            try:
-                arrays.append(decode_image(data, self.spec))
-            except ImageRejected as e:
-                raise ImageRejected(e.reason, f"image {i}: {e.detail}") from None
+        arrays = self._decode_all(images)
         predictions: list[Prediction] = []
         batch = max(1, self.config.eval.batch_size)
         for start in range(0, len(arrays), batch):
@@ -83,24 +90,72 @@ class GeoLocator:
             predictions += predictions_from_arrays(out, self.finest_h3)
         return predictions
 
-    def read_image(self, uri: str) -> bytes:
-        """The bytes behind a URI: local path, file://, s3:// (this model's S3 settings) or http(s)://."""
-        try:
-            return storage.read_bytes(uri, self.config.s3)
-        except FileNotFoundError as e:
-            raise ImageRejected("not_found", f"{uri}: {e}") from None
-        except (OSError, ValueError) as e:  # storage/HTTP errors other than a missing object
-            raise ImageRejected("fetch_error", f"{uri}: {e}") from None
+    def beliefs_bytes(self, images: list[bytes]) -> list[Belief]:
+        """Encoded images → the model's probability of every candidate (finest cell, or gallery point), for
+        belief maps. Raises `ImageRejected` like `predict_bytes`."""
+        arrays = self._decode_all(images)
+        beliefs: list[Belief] = []
+        batch = max(1, self.config.eval.batch_size)
+        for start in range(0, len(arrays), batch):
+            out = self.predict_arrays(np.stack(arrays[start:start + batch]), ALL_CANDIDATES)
+            beliefs += beliefs_from_arrays(out, self.finest_h3)
+        return beliefs
 
-    def predict_inputs(self, inputs: list[ImageInput], k: int = DEFAULT_TOP_K) -> list[Prediction]:
-        """Validated inputs (bytes or URIs) → their top-k places."""
+    def _decode_all(self, images: list[bytes]) -> list[np.ndarray]:
+        arrays = []
+        for i, data in enumerate(images):
+            try:
+                arrays.append(decode_image(self._within_byte_limit(data), self.spec))
+            except ImageRejected as e:
+                raise ImageRejected(e.reason, f"image {i}: {e.detail}") from None
+        return arrays
+
+    def _within_byte_limit(self, data: bytes) -> bytes:
+        limit = self.config.ingest.max_image_bytes
+        if len(data) > limit:
+            raise ImageRejected("too_large", f"{len(data)} bytes exceeds the {limit}-byte limit")
+        return data
+
+    def uri_access(self, trusted: bool) -> storage.UriAccess | None:
+        """What a URI input may name: anything for the owner (`trusted`: the CLI, the Python API); for a served
+        model's caller, nothing unless the model's `serving` config allows it, then only its prefixes, never a local
+        path, a redirect or a private address (None: no URI at all)."""
+        if trusted:
+            return storage.UriAccess()
+        serving = self.config.serving
+        return storage.UriAccess.untrusted(serving.allowed_uri_prefixes) if serving.allow_uri_input else None
+
+    def read_image(self, uri: str, access: storage.UriAccess | None) -> bytes:
+        """The bytes behind a URI (local path, file://, s3:// with this model's S3 settings, http(s)://), within
+        `ingest.max_image_bytes` and `ingest.fetch_deadline_s`; `access` says what it may name (None: no URI).
+        A refused URI raises ImageRejected("bad_uri") with one message whatever the reason."""
+        if access is None:
+            log.warning("refused a uri input: this model takes no uri (serving.allow_uri_input is false)")
+            raise ImageRejected(storage.BAD_URI, storage.UriRefused.MESSAGE)
+        fetcher = storage.Fetcher(self.config.s3, self._policy, pool_size=1, max_bytes=self.config.ingest.max_image_bytes,
+                                  access=access)
+        try:
+            return fetcher.read(uri)[0]
+        except storage.FetchFailed as e:
+            if e.reason == storage.BAD_URI:
+                log.warning("refused a uri input: %s", getattr(e.__cause__, "why", e.detail))
+                raise ImageRejected(e.reason, storage.UriRefused.MESSAGE) from None
+            if access.trusted or e.reason == storage.TOO_LARGE:
+                raise ImageRejected(e.reason, e.detail) from None
+            log.warning("a uri input could not be read: %s", e.detail)
+            raise ImageRejected(e.reason, "uri could not be read") from None  # no server-side detail to a caller
+
+    def predict_inputs(self, inputs: list[ImageInput], k: int = DEFAULT_TOP_K, trusted: bool = False) -> list[Prediction]:
+        """Validated inputs (bytes or URIs) → their top-k places. `trusted`: the caller is the model's owner (see
+        `uri_access`); the served pyfunc never is."""
         images = []
+        access = self.uri_access(trusted)
         for i, item in enumerate(inputs):
             if item.image is not None:
                 images.append(item.image)
                 continue
             try:
-                images.append(self.read_image(item.uri))
+                images.append(self.read_image(item.uri, access))
             except ImageRejected as e:
                 raise ImageRejected(e.reason, f"image {i}: {e.detail}") from None
         return self.predict_bytes(images, k)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -100,6 +101,30 @@ def predictions_from_arrays(out: dict[str, np.ndarray], finest_h3: np.ndarray) -
         ])
         for i in range(lat.shape[0])
     ]
+
+
+@dataclass
+class Belief:
+    """A model's whole belief for one image: every candidate place it scores, best first (what a belief map
+    draws). `cell`: the finest geocells' H3 indexes; None for gallery retrieval (GeoCLIP), whose candidates are
+    the gallery's coordinates."""
+
+    lat: np.ndarray  # [N]
+    lon: np.ndarray  # [N]
+    prob: np.ndarray  # [N] the model's probability of each candidate (GeoSURGE: the product over the ancestors)
+    cell: list[str] | None = None
+
+
+def beliefs_from_arrays(out: dict[str, np.ndarray], finest_h3: np.ndarray) -> list[Belief]:
+    """`GeoLocator.predict_arrays` output over every candidate ([B, N] arrays) → one `Belief` per image."""
+    beliefs = []
+    for i in range(out["lat"].shape[0]):
+        cells = None
+        if "cell" in out:
+            cells = [h3.int_to_str(int(c)) for c in finest_h3[out["cell"][i]]]
+        beliefs.append(Belief(lat=out["lat"][i].astype(np.float64), lon=out["lon"][i].astype(np.float64),
+                              prob=out["score"][i].astype(np.float64), cell=cells))
+    return beliefs
 
 
 def as_image_records(model_input: Any) -> Any:

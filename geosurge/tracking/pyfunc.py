@@ -2,6 +2,10 @@
 
 The signature comes from `predict`'s type hints (`list[ImageInput]` in, `list[Prediction]` out): MLflow validates
 every request against it. `params={"k": …}` sets k.
+
+Whoever calls the pyfunc (`mlflow models serve`, or anyone who loads the registered model) is treated as untrusted:
+image bytes always, a `uri` only as the model's `serving` config allows (off by default; see
+`GeoLocator.uri_access`). The owner reads local files with `geosurge predict` or `GeoLocator(..., trusted=True)`.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ class GeoSurgePyfunc(mlflow.pyfunc.PythonModel):
         if k < 1:
             raise MlflowException.invalid_parameter_value(f"params.k must be at least 1, got {k}")
         try:
-            return self.locator.predict_inputs(model_input, k)
+            return self.locator.predict_inputs(model_input, k, trusted=False)
         except ImageRejected as e:  # the request's fault: a 400 from the scoring server, not a 500
             raise MlflowException.invalid_parameter_value(str(e)) from e
 

@@ -98,3 +98,74 @@ def _mark_failed_on_uncaught_exception() -> None:
 
     hook._geosurge_mlflow = True
     sys.excepthook = hook
+
+
+# ------------------------------------------------------------------------------------------ datasets as run inputs
+
+DATASET_DIGEST_CHARS = 16  # MLflow stores a digest of up to 36 characters
+
+
+def storage_dataset(uri: str, name: str, files: list[str], s3=None, profile: dict | None = None,
+                    identity: dict | None = None):
+    """An MLflow dataset (metadata only: nothing is read but file sizes and footers) for data held in storage.
+
+    Digest: a hash of what identifies the content of every file (`storage.stat`: size and modification time, or
+    ETag), by path relative to `uri`, plus `identity` (e.g. a benchmark's split and format), so the same bytes
+    give the same digest and a changed file a new one. Source: `uri` with its credentials redacted
+    (`storage.redact_uri`). Profile: `profile` plus the file count."""
+    import hashlib
+    import json
+    import warnings
+
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    from geosurge import storage
+
+    prefix = uri.rstrip("/") + "/"
+    stats = []
+    for f in files:
+        s = dict(storage.stat(f, s3))
+        s["uri"] = f[len(prefix):] if f.startswith(prefix) else storage.redact_uri(f)
+        stats.append(s)
+    digest = hashlib.sha256(json.dumps([stats, identity or {}], sort_keys=True, default=str).encode())
+    source_uri = storage.redact_uri(uri)
+    with warnings.catch_warnings():  # a local path "can be interpreted in multiple ways": all are local
+        warnings.simplefilter("ignore")
+        source = resolve_dataset_source(source_uri)
+
+    class StorageDataset(MetaDataset):
+        def to_dict(self) -> dict[str, str]:
+            config = super().to_dict()
+            config["profile"] = json.dumps({**(profile or {}), "files": len(files)})
+            return config
+
+        @property
+        def profile(self):
+            return {**(profile or {}), "files": len(files)}
+
+    return StorageDataset(source, name=name, digest=digest.hexdigest()[:DATASET_DIGEST_CHARS])
+
+
+def log_dataset(uri: str, name: str, context: str, files: list[str] | None = None, s3=None,
+                profile: dict | None = None, identity: dict | None = None):
+    """Log the data at `uri` (a file, or a folder of Parquet/CSV files) as an input of the active MLflow run,
+    with `context` ("training", "evaluation", ...); see `storage_dataset`. Returns the dataset."""
+    import mlflow
+
+    from geosurge.data.manifest import list_manifest_files
+
+    dataset = storage_dataset(uri, name, files if files is not None else list_manifest_files(uri, s3), s3,
+                              profile, identity)
+    mlflow.log_input(dataset, context=context)
+    return dataset
+
+
+def log_training_shards(shards_uri: str, s3=None):
+    """The training shards as the run's "training" dataset: rows from the Parquet footers, digest from the files'
+    identity, source the shards folder without credentials. Returns the dataset."""
+    from geosurge.data.manifest import list_manifest_files, parquet_row_count
+
+    files = list_manifest_files(shards_uri, s3)
+    rows = sum(parquet_row_count(f, s3) for f in files)
+    return log_dataset(shards_uri, "training_shards", "training", files, s3, {"num_rows": rows})

@@ -7,20 +7,27 @@ stops early after `early_stopping_patience` epochs without a validation gain.
 
 Fault tolerance: a lost worker makes Ray restart the worker group from the latest checkpoint (up to
 `train.max_failures` times); a driver started again with the same run name and storage path resumes from it
-too. The checkpoint's client state carries the epoch, the optimizer step counter and the early-stopping state.
+too (a latest checkpoint that does not read back whole is passed over for the one before: `checkpoints.py`).
+The checkpoint's client state carries the epoch, the optimizer step counter and the early-stopping state.
+Checkpoints live under `train.storage_path` (default `<output_dir>/ray_results`; `s3://…` through our S3
+filesystem, so every node sees them without a shared file system).
 
 The loop each worker runs is `geosurge.train.worker`; this module is the driver's side.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import tempfile
 import warnings
 from dataclasses import dataclass
 
+import pyarrow.fs as pafs
 import torch
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from geosurge import storage
 from geosurge.config import PipelineConfig
 from geosurge.data.shards import model_dataset, split_rows
 from geosurge.geo.geocells import GeocellHierarchy
@@ -33,8 +40,8 @@ from geosurge.train.worker import (
     train_loop_per_worker,
 )
 
-__all__ = ["DEFAULT_EXTENSIONS_DIR", "SCORE_METRIC", "TrainResult", "TrainState", "consolidated_state_dict",
-           "deepspeed_config", "train"]
+__all__ = ["DEFAULT_EXTENSIONS_DIR", "SCORE_METRIC", "TrainResult", "TrainState", "build_trainer",
+           "consolidated_state_dict", "deepspeed_config", "train"]
 
 SCORE_METRIC = "val_loss"  # checkpoints are ranked by it (lowest first)
 
@@ -46,15 +53,15 @@ class TrainResult:
     latest_checkpoint_path: str = ""
 
 
-def train(
+def build_trainer(
     config: PipelineConfig,
     shards_uri: str,
     hierarchy: GeocellHierarchy,
     hierarchy_uri: str,
     mlflow_run_id: str | None = None,
-) -> TrainResult:
-    """Fit on the `train` split of the shards, validating on `train.val_split` every epoch; returns the best
-    (merged) DeepSpeed checkpoint. A run name whose storage already holds checkpoints resumes from the latest."""
+) -> tuple[TorchTrainer, bool]:
+    """The `TorchTrainer` `train` fits, and whether it validates. Everything in it travels to Ray (the loop config
+    is shown by the dashboard's train-run API): it holds no secret. Workers take S3 keys from their own AWS chain."""
     tc = config.train
     val_rows = split_rows(shards_uri, tc.val_split, config.s3) if tc.val_split else 0
     # Ray splits the val set into equal parts, one per worker (dropping the remainder): fewer rows than workers
@@ -62,14 +69,16 @@ def train(
     has_val = val_rows >= tc.num_workers
     if not has_val:
         warnings.warn(f"split {tc.val_split!r} has {val_rows} rows for {tc.num_workers} workers: no validation, "
-                      "no early stopping; the latest checkpoint is the result", stacklevel=2)
+                      "no early stopping; the latest checkpoint is the result", stacklevel=3)
     datasets = {"train": augmented(model_dataset(shards_uri, "train", hierarchy, config.s3), tc.augment)}
     if has_val:
         datasets["val"] = model_dataset(shards_uri, tc.val_split, hierarchy, config.s3)
+    worker_config = dataclasses.replace(config, s3=config.s3.without_secrets())
+    storage_path, storage_filesystem = checkpoint_storage(config)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
-            "config": config.to_dict(redact_secrets=False),
+            "config": worker_config.to_dict(redact_secrets=False),
             "hierarchy_uri": hierarchy_uri,
             "mlflow_run_id": mlflow_run_id,
             "mlflow_tracking_uri": config.resolved_tracking_uri,
@@ -82,7 +91,8 @@ def train(
         ),
         run_config=RunConfig(
             name=config.run_name,
-            storage_path=RunFolder(config.output_dir).ray_results,
+            storage_path=storage_path,
+            storage_filesystem=storage_filesystem,
             checkpoint_config=CheckpointConfig(
                 num_to_keep=tc.checkpoints_to_keep,
                 checkpoint_score_attribute=SCORE_METRIC if has_val else None,
@@ -92,6 +102,19 @@ def train(
         ),
         datasets=datasets,
     )
+    return trainer, has_val
+
+
+def train(
+    config: PipelineConfig,
+    shards_uri: str,
+    hierarchy: GeocellHierarchy,
+    hierarchy_uri: str,
+    mlflow_run_id: str | None = None,
+) -> TrainResult:
+    """Fit on the `train` split of the shards, validating on `train.val_split` every epoch; returns the best
+    (merged) DeepSpeed checkpoint. A run name whose storage already holds checkpoints resumes from the latest."""
+    trainer, has_val = build_trainer(config, shards_uri, hierarchy, hierarchy_uri, mlflow_run_id)
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"training produced no checkpoint: {result.error}")
@@ -102,11 +125,34 @@ def train(
         best_metrics = dict(best_metrics)
     for key, value in (result.metrics or {}).items():
         best_metrics[f"final_{key}"] = value
-    return TrainResult(checkpoint_path=best.path, metrics=best_metrics, latest_checkpoint_path=result.checkpoint.path)
+    return TrainResult(checkpoint_path=_uri(best, config), metrics=best_metrics,
+                       latest_checkpoint_path=_uri(result.checkpoint, config))
 
 
-def consolidated_state_dict(checkpoint_path: str) -> dict[str, torch.Tensor]:
-    """The fp32 model weights of a (possibly ZeRO-partitioned) DeepSpeed checkpoint."""
+def checkpoint_storage(config: PipelineConfig) -> tuple[str, pafs.FileSystem | None]:
+    """Where Ray Train keeps the run's checkpoints: (path, filesystem) for its RunConfig. On s3:// (every node sees
+    it: no shared file system needed) the filesystem is ours, so custom endpoints (SeaweedFS, MinIO) work; it
+    pickles without keys, and each worker reads them from its AWS chain."""
+    uri = config.train.storage_path or RunFolder(config.output_dir).ray_results
+    if storage.is_s3(uri):
+        return storage.resolve(uri, config.s3)[1], storage.s3_filesystem(config.s3)
+    return uri, None
+
+
+def _uri(checkpoint: Checkpoint, config: PipelineConfig) -> str:
+    """A checkpoint's location as our storage names it (`s3://bucket/…` on S3, a local path otherwise)."""
+    s3 = storage.is_s3(config.train.storage_path or "")
+    return f"s3://{checkpoint.path}" if s3 else checkpoint.path
+
+
+def consolidated_state_dict(checkpoint_path: str, s3: storage.S3Config | None = None) -> dict[str, torch.Tensor]:
+    """The fp32 model weights of a (possibly ZeRO-partitioned) DeepSpeed checkpoint: a local folder, or an s3://
+    one (copied to a temporary folder first)."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    return get_fp32_state_dict_from_zero_checkpoint(checkpoint_path)
+    if not storage.is_s3(checkpoint_path):
+        return get_fp32_state_dict_from_zero_checkpoint(checkpoint_path)
+    fs, path = storage.resolve(checkpoint_path, s3)
+    with tempfile.TemporaryDirectory() as local:
+        pafs.copy_files(path, local, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        return get_fp32_state_dict_from_zero_checkpoint(local)

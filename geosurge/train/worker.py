@@ -24,9 +24,11 @@ from ray.train import Checkpoint
 
 from geosurge import storage
 from geosurge.config import PipelineConfig, TrainConfig
+from geosurge.device import device_for
 from geosurge.geo.geocells import GeocellHierarchy
 from geosurge.models import create_model
 from geosurge.tracking.metrics import MlflowMetricWriter
+from geosurge.train.checkpoints import agreed_checkpoint
 
 DEFAULT_EXTENSIONS_DIR = str(Path.home() / ".cache" / "geosurge" / "torch_extensions")
 # Metric keys: per optimizer step (MLflow step = global optimizer step) and per epoch (MLflow step = epoch).
@@ -42,7 +44,8 @@ def deepspeed_config(train: TrainConfig) -> dict:
         "train_micro_batch_size_per_gpu": train.batch_size,
         "gradient_accumulation_steps": train.gradient_accumulation_steps,
         "optimizer": {"type": "AdamW", "params": {"lr": train.lr, "weight_decay": train.weight_decay}},
-        "zero_optimization": {"stage": train.zero_stage},
+        "zero_optimization": {"stage": train.zero_stage,
+                              "stage3_param_persistence_threshold": train.zero3_param_persistence_threshold},
         "bf16": {"enabled": train.bf16},
         "gradient_clipping": 1.0,
         "steps_per_print": 10**9,  # progress is ours to report (MLflow), not DeepSpeed's stdout
@@ -119,9 +122,10 @@ class TrainWorker:
         self.tc = self.config.train
         context = ray.train.get_context()
         self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
+        self.device = device_for(self.tc.use_gpu)  # train.use_gpu and no GPU here: a clear error, not a CPU run
         torch.manual_seed(self.tc.seed)
         self.engine = self._engine(GeocellHierarchy.load(loop_config["hierarchy_uri"], self.config.s3))
-        checkpoint = ray.train.get_checkpoint()
+        checkpoint = agreed_checkpoint(ray.train.get_checkpoint(), self.rank)  # a corrupt latest: the one before
         self.state = self._resume(checkpoint) if checkpoint else TrainState()
         self.writer = None
         if self.rank == 0 and loop_config.get("mlflow_run_id"):
@@ -230,7 +234,12 @@ class TrainWorker:
                            epochs_without_improvement=state.epochs_without_improvement,
                            stopped_early=state.stopped_early)
         if hasattr(engine.module, "log_temperature"):  # GeoSURGE's learned per-level temperatures
-            metrics["temperature_finest"] = float(engine.module.log_temperature[-1].detach().exp())
+            import deepspeed
+
+            log_temperature = engine.module.log_temperature
+            # ZeRO-3 holds a slice of it on each rank: gather it whole (every rank takes part) to read it
+            with deepspeed.zero.GatheredParameters([log_temperature], enabled=tc.zero_stage == 3):
+                metrics["temperature_finest"] = float(log_temperature[-1].detach().exp())
         return metrics, pending
 
     def _checkpoint(self, metrics: dict, pending: list[Metric]) -> None:

@@ -356,3 +356,75 @@ def test_public_format_errors_come_from_the_driver_before_any_task(ray_local, tm
         ingest(str(csv), str(tmp_path / "out"), IngestConfig(manifest_format="mp-16"))
     with pytest.raises(ValueError, match="label_uri"):  # public CSVs carry no ground-truth label maps
         ingest(str(csv), str(tmp_path / "out"), IngestConfig(segmenter="ground_truth"))
+
+
+def test_untrusted_rows_never_reach_the_shards(ray_local, tmp_path):
+    """An MP-16 CSV whose IMG_ID climbs out of images_root, and an id naming a 1.5 GiB (sparse) file."""
+    gw = generate_geoworld(GeoWorldConfig(num_images=3, image_size=32, seed=21), str(tmp_path / "gw"), progress=False)
+    rows = pq.read_table(gw).to_pylist()
+    root = tmp_path / "gw" / "images"
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "private.jpg").write_bytes(encode_jpeg(np.full((40, 40, 3), 7, np.uint8)))  # decodes
+    with open(root / "huge.jpg", "wb") as f:
+        f.truncate(3 << 29)
+    lines = [f"{posixpath.basename(r['uri'])},{r['lat']},{r['lon']}" for r in rows]
+    lines += ["../../outside/private.jpg,1,2", "sub/../../../outside/private.jpg,1,2", "huge.jpg,1,2"]
+    mp16 = tmp_path / "mp16_places365.csv"
+    mp16.write_text("IMG_ID,LAT,LON\n" + "\n".join(lines) + "\n")
+    config = IngestConfig(image_size=32, label_grid=4, segmenter="none", images_root=str(root), shard_rows=4)
+    result = ingest(str(mp16), str(tmp_path / "out"), config)
+    assert result.reconciles and result.shard_rows == 3
+    assert result.quarantined_by_reason == {"bad_uri": 2, "too_large": 1}
+    shards = pq.read_table(str(tmp_path / "out" / "shards"))
+    assert not any("outside" in u for u in shards.column("uri").to_pylist())
+    quarantine = {r["image_id"]: r for r in read_quarantine(result.quarantine_uri).to_pylist()}
+    assert quarantine["huge.jpg"]["stage"] == "fetch" and "exceeds" in quarantine["huge.jpg"]["detail"]
+
+    # our own format, with ingest.allowed_uri_prefixes: a row outside them is refused before any read
+    ours = pa.table({"image_id": ["in", "out"], "uri": [rows[0]["uri"], str(tmp_path / "outside" / "private.jpg")],
+                     "lat": [1.0, 2.0], "lon": [3.0, 4.0]})
+    pq.write_table(ours, tmp_path / "ours.parquet")
+    config = IngestConfig(image_size=32, label_grid=4, segmenter="none", allowed_uri_prefixes=(f"{root}/",))
+    result = ingest(str(tmp_path / "ours.parquet"), str(tmp_path / "out2"), config)
+    assert result.shard_rows == 1 and result.quarantined_by_reason == {"bad_uri": 1} and result.reconciles
+
+
+def test_an_id_already_in_the_shards_is_not_ingested_again(ray_local, tmp_path):
+    first = generate_geoworld(GeoWorldConfig(num_images=9, image_size=32, seed=22), str(tmp_path / "gw"),
+                              progress=False)
+    table = pq.read_table(first)
+    again = str(tmp_path / "again.parquet")  # the same rows under another name, plus one new id
+    extra = table.slice(0, 1).set_column(0, table.schema.field("image_id"), pa.array(["new_0"]))
+    pq.write_table(pa.concat_tables([table, extra]), again)
+    out = str(tmp_path / "out")
+    config = IngestConfig(image_size=32, label_grid=4, segmenter="none", shard_rows=4)
+    assert ingest(first, out, config).shard_rows == 9
+    second = ingest(again, out, config)
+    assert second.rows_in == 10 and second.shard_rows == 1 and second.reconciles
+    assert second.quarantined_by_reason == {"duplicate_id": 9}
+    ids = pq.read_table(str(tmp_path / "out" / "shards")).column("image_id").to_pylist()
+    assert len(ids) == len(set(ids)) == 10
+    dup = read_quarantine(second.quarantine_uri).to_pylist()[0]
+    assert "already in the output's shards" in dup["detail"]
+    rerun = ingest(first, out, config)  # a rerun of the first resumes: its own rows are no duplicates
+    assert rerun.chunks_resumed == rerun.chunks and rerun.shard_rows == 9 and rerun.reconciles
+
+
+def test_an_edited_manifest_row_is_ingested_again(ray_local, tmp_path):
+    gw = generate_geoworld(GeoWorldConfig(num_images=8, image_size=32, seed=23), str(tmp_path / "gw"),
+                           progress=False)
+    rows = pq.read_table(gw).drop_columns(["label_uri"]).to_pylist()
+    manifest = tmp_path / "m.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), manifest)
+    out = tmp_path / "out"
+    config = IngestConfig(image_size=32, label_grid=4, segmenter="none", shard_rows=4)
+    assert ingest(str(manifest), str(out), config).shard_rows == 8
+    untouched = {f: os.stat(out / "shards" / f).st_mtime_ns for f in os.listdir(out / "shards") if "-00000_" in f}
+
+    rows[6]["lat"] = -12.5  # a corrected latitude in the second chunk
+    pq.write_table(pa.Table.from_pylist(rows), manifest)
+    again = ingest(str(manifest), str(out), config)
+    assert again.reconciles and again.shard_rows == 8 and again.chunks_resumed == 1  # the edited chunk is redone
+    shards = pq.read_table(str(out / "shards")).to_pylist()
+    assert {r["image_id"]: r["lat"] for r in shards}[rows[6]["image_id"]] == -12.5 and len(shards) == 8
+    assert {f: os.stat(out / "shards" / f).st_mtime_ns for f in untouched} == untouched

@@ -11,6 +11,7 @@ import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -26,10 +27,11 @@ from geosurge.data.ingest import ingest, read_quarantine
 class ImageServer:
     """A real HTTP server for image bytes. The first path segment says how it behaves:
     ok, flaky (503 twice, then the image), throttle (429 with Retry-After once, then the image), missing (404),
-    forbidden (403), broken (500 always), slow (answers after `slow_s`). It counts requests per path."""
+    forbidden (403), broken (500 always), slow (answers after `slow_s`), trickle (the image a byte every 0.25 s),
+    endless (300 MiB, chunked, no length; `sent` counts what got out). It counts requests per path."""
 
     def __init__(self, files: dict[str, bytes], slow_s: float = 1.5):
-        self.files, self.slow_s, self.requests = files, slow_s, Counter()
+        self.files, self.slow_s, self.requests, self.sent = files, slow_s, Counter(), Counter()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -39,8 +41,10 @@ class ImageServer:
             def do_GET(self):
                 server.requests[self.path] += 1
                 seen = server.requests[self.path]
-                mode, name = self.path.strip("/").split("/", 1)
+                mode, name = self.path.strip("/").split("?")[0].split("/", 1)
                 status = 200
+                if mode in ("trickle", "endless"):
+                    return self.stream(mode, server.files[name])
                 if mode == "flaky" and seen <= 2:
                     status = 503
                 elif mode == "throttle" and seen == 1:
@@ -58,6 +62,26 @@ class ImageServer:
                 try:
                     self.wfile.write(body)
                 except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
+                    pass
+
+            def stream(self, mode: str, body: bytes) -> None:
+                self.send_response(200)
+                self.send_header(*(("Content-Length", str(len(body))) if mode == "trickle"
+                                   else ("Transfer-Encoding", "chunked")))
+                self.end_headers()
+                try:
+                    if mode == "trickle":
+                        for i in range(len(body)):
+                            self.wfile.write(body[i:i + 1])
+                            self.wfile.flush()
+                            time.sleep(0.25)
+                    else:
+                        block = b"\0" * (1 << 20)
+                        for _ in range(300):
+                            self.wfile.write(b"%x\r\n%s\r\n" % (len(block), block))
+                            server.sent[self.path] += len(block)
+                        self.wfile.write(b"0\r\n\r\n")
+                except (BrokenPipeError, ConnectionResetError):
                     pass
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)  # any free port
@@ -103,6 +127,44 @@ def test_http_images_retry_throttling_and_5xx_but_not_404_or_403(ray_local, tmp_
         assert "after 3 attempts" in quarantine[rows[5]["image_id"]]["detail"]
         report = json.loads((tmp_path / "out" / "ingest_report.json").read_text())
         assert report["fetch_retries"] == 7
+    finally:
+        server.close()
+
+
+def test_trickled_and_endless_bodies_are_cut_by_deadline_byte_limit_and_chunk_timeout(ray_local, tmp_path):
+    manifest = pq.read_table(generate_geoworld(GeoWorldConfig(num_images=4, image_size=32, seed=12),
+                                               str(tmp_path / "gw"), progress=False)).to_pylist()
+    files = {os.path.basename(row["uri"]): Path(row["uri"]).read_bytes() for row in manifest}
+    server = ImageServer(files)
+    try:
+        name = os.path.basename
+        rows = [{**manifest[0], "uri": f"{server.url}/ok/{name(manifest[0]['uri'])}"},
+                {**manifest[1], "uri": f"{server.url}/trickle/{name(manifest[1]['uri'])}"},
+                {**manifest[2], "uri": f"{server.url}/endless/{name(manifest[2]['uri'])}"},
+                {**manifest[3], "uri": f"{server.url}/missing/x.jpg?X-Amz-Credential=AKIAXYZ&X-Amz-Signature=s1gn"}]
+        uri = str(tmp_path / "http.parquet")
+        pq.write_table(pa.Table.from_pylist(rows).drop_columns(["label_uri"]), uri)
+        config = IngestConfig(image_size=32, label_grid=4, segmenter="none", fetch_retries=2, fetch_backoff_s=0.01,
+                              fetch_timeout_s=2, fetch_deadline_s=1.5, max_image_bytes=2 << 20)
+        started = time.monotonic()
+        result = ingest(uri, str(tmp_path / "out"), config)
+        assert result.reconciles and result.shard_rows == 1
+        assert result.quarantined_by_reason == {"timeout": 1, "too_large": 1, "not_found": 1}
+        assert server.sent[f"/endless/{name(manifest[2]['uri'])}"] < 64 << 20  # not the 300 MiB
+        detail = {r["image_id"]: r["detail"] for r in read_quarantine(result.quarantine_uri).to_pylist()}
+        assert "AKIAXYZ" not in detail[manifest[3]["image_id"]] and "s1gn" not in detail[manifest[3]["image_id"]]
+        print(f"\ningest with a trickled and an endless body: {time.monotonic() - started:.1f} s")
+
+        # a chunk as a whole has a deadline too, however long each fetch may take
+        config = IngestConfig(image_size=32, label_grid=4, segmenter="none", fetch_timeout_s=5, fetch_deadline_s=60,
+                              chunk_timeout_s=1.0)
+        started = time.monotonic()
+        result = ingest(uri, str(tmp_path / "out2"), config)
+        took = time.monotonic() - started
+        assert result.reconciles and result.quarantined_by_reason.get("timeout") == 1
+        (late,) = [r for r in read_quarantine(result.quarantine_uri).to_pylist() if r["reason"] == "timeout"]
+        assert late["image_id"] == manifest[1]["image_id"] and "chunk_timeout_s" in late["detail"]
+        assert took < 60, took
     finally:
         server.close()
 

@@ -179,7 +179,7 @@ def test_bad_corpus_is_quarantined_with_reasons_and_counts_reconcile(tmp_path: P
 
     assert report.rows_in == len(rows) and report.rows_out == 2
     assert report.quarantined_by_reason == {
-        "missing_id": 1, "missing_uri": 1, "bad_coordinates": 7, "duplicate_id": 1}
+        "missing_id": 1, "missing_uri": 1, "bad_uri": 0, "bad_coordinates": 7, "duplicate_id": 1}
     assert report.reconciles
     assert "12 rows in, 2 kept, 10 quarantined" in report.summary()
 
@@ -453,3 +453,47 @@ def test_an_http_images_root_stays_a_url(tmp_path: Path) -> None:
     assert _canonical("http://127.0.0.1:9/x") == resolve_images_root("http://127.0.0.1:9/x") == "http://127.0.0.1:9/x"
     assert resolve_images_root("s3://b/p") == "s3://b/p" and resolve_images_root("file:///d") == "file:///d"
     assert resolve_images_root("rel/dir") == os.path.abspath("rel/dir") and _canonical("file:///d/m.csv") == "/d/m.csv"
+
+
+# --------------------------------------------------------------------------------------------- paths stay under root
+
+
+def test_ids_and_paths_that_leave_the_images_root_are_quarantined_as_bad_uri(tmp_path: Path) -> None:
+    root = tmp_path / "images"
+    mp16 = _write(tmp_path / "mp16_places365.csv", "IMG_ID,LAT,LON",
+                  ["34/8d/1.jpg,48.8,2.2", "../outside/private.jpg,1,2", "a/../../outside/private.jpg,1,2",
+                   "/../outside/private.jpg,1,2", "a/./../b/2.jpg,1,2", "%2e%2e/outside/p.jpg,1,2"])
+    for clean, quarantine, report in (read_manifest(mp16, "mp16", images_root=str(root)),
+                                      validate_manifest(next(iter_manifest_batches(
+                                          mp16, 10, reading=plan_manifest_reading(mp16, "mp16", str(root)))))):
+        assert clean["uri"].to_pylist() == [f"{root}/34/8d/1.jpg", f"{root}/b/2.jpg"]  # normalised, under the root
+        assert "_uri_problem" not in clean.column_names
+        assert quarantine["reason"].to_pylist() == ["bad_uri"] * 4
+        assert all("leaves the images root" in d for d in quarantine["detail"].to_pylist())
+        assert report.quarantined_by_reason["bad_uri"] == 4 and report.reconciles
+
+    # img2dataset and GWS15k: URLs as written; an absolute local path only under a local root
+    (root / "ok").mkdir(parents=True)
+    table = _write(tmp_path / "shard.csv", "url,lat,lon",
+                   [f"{root}/ok/1.jpg,1,2", "/etc/passwd,1,2", f"file://{tmp_path}/private.jpg,1,2",
+                    f"file://{root}/../private.jpg,1,2", "../private.jpg,1,2", f"{HTTP_ROOT}/x.jpg,1,2"])
+    clean, quarantine, _ = read_manifest(table, "img2dataset", images_root=str(root))
+    assert clean["uri"].to_pylist() == [f"{root}/ok/1.jpg", f"{HTTP_ROOT}/x.jpg"]
+    assert quarantine["reason"].to_pylist() == ["bad_uri"] * 4
+    gws = _write(tmp_path / "gws15k.csv", "image_id,uri,lat,lon", ["a,/etc/hosts,1,2", "b,ok/2.jpg,1,2"])
+    clean, quarantine, _ = read_manifest(gws, "gws15k", images_root=str(root))
+    assert clean["uri"].to_pylist() == [f"{root}/ok/2.jpg"] and quarantine["reason"].to_pylist() == ["bad_uri"]
+    clean, quarantine, _ = read_manifest(gws, "gws15k", images_root=HTTP_ROOT)  # a URL root holds no local path
+    assert quarantine["image_id"].to_pylist() == ["a"] and quarantine["reason"].to_pylist() == ["bad_uri"]
+
+
+def test_our_format_takes_optional_allowed_uri_prefixes() -> None:
+    from geosurge.data.manifest import validate_rows
+
+    table = pa.table({"image_id": ["a", "b", "c", "d"], "lat": [1.0] * 4, "lon": [2.0] * 4,
+                      "uri": ["s3://photos/in/a.jpg", "s3://photos/other/b.jpg", "/data/in/../../etc/c.jpg",
+                              "s3://photos/in/../secret/d.jpg"]})
+    assert validate_rows(table)["reason"].null_count == 4  # no prefixes: no restriction
+    rows = validate_rows(table, allowed_prefixes=("s3://photos/in/", "/data/in/"))
+    assert rows["reason"].to_pylist() == [None, "bad_uri", "bad_uri", "bad_uri"]
+    assert "allowed_uri_prefixes" in rows["detail"][1].as_py()

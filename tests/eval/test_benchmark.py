@@ -150,3 +150,37 @@ def test_eval_run_holds_metrics_plots_predictions_and_decision(world, jobs, tmp_
     report = json.loads((local / "eval_report.json").read_text())
     assert report["decision"]["action"] == PROMOTE and report["previous_champion"] == world.random
     assert report["benchmarks"]["challenger"]["im2gps3k_mini"]["failed_by_reason"]["truncated"] == 1
+
+
+def test_eval_run_logs_benchmarks_as_datasets_and_pictures_and_fills_the_model_card(world, jobs, tmp_path):
+    outcome = jobs.better
+    run = world.client.get_run(outcome.run_id)
+    inputs = {i.dataset.name: i for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"geoworld_test", "im2gps3k_mini"}
+    for name, dataset_input in inputs.items():
+        assert {t.key: t.value for t in dataset_input.tags}["mlflow.data.context"] == "evaluation"
+        profile = json.loads(dataset_input.dataset.profile)
+        r = outcome.challenger[name]
+        assert (profile["rows_in"], profile["evaluated"], profile["failed"]) == (r.rows_in, r.evaluated, r.failed)
+    assert json.loads(inputs["im2gps3k_mini"].dataset.source)["uri"] == str(world.csv)
+    assert json.loads(inputs["geoworld_test"].dataset.profile)["split"] == "test"
+    # the same benchmark files give the same digest in every eval run
+    first = {i.dataset.name: i.dataset.digest for i in world.client.get_run(jobs.first.run_id).inputs.dataset_inputs}
+    assert first == {name: i.dataset.digest for name, i in inputs.items()}
+
+    local = Path(mlflow.artifacts.download_artifacts(run_id=outcome.run_id, artifact_path="plots",
+                                                     dst_path=str(tmp_path),
+                                                     tracking_uri=world.config.resolved_tracking_uri))
+    for name in ("geoworld_test", "im2gps3k_mini"):
+        for plot in (f"belief_{name}.png", f"error_by_region_{name}.png"):
+            with Image.open(local / plot) as img:
+                assert img.format == "PNG" and img.width > 800
+        with Image.open(local / f"belief_{name}.png") as img:
+            assert img.height > 1000  # four images: two rows of maps
+
+    card = world.client.get_model_version("geosurge", world.trained).description
+    assert f"# geosurge version {world.trained}" in card and "**Parent version:** none" in card
+    benchmarks_section = card.split("## Benchmarks", 1)[1]
+    # the trained version was evaluated twice; its card holds the latest eval's table, run and decision
+    assert jobs.again.table() in benchmarks_section
+    assert f"`{jobs.again.run_id}`" in benchmarks_section and "no_op" in benchmarks_section.lower()

@@ -1,9 +1,20 @@
 """Champion / challenger decisions (pure) and their application to a real MLflow sqlite registry."""
 
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from geosurge.eval.promotion import KEEP, NO_OP, PROMOTE, decide_promotion, promote
+from geosurge.eval.benchmark import FAILURE_COLUMNS, PREDICTION_COLUMNS, BenchmarkResult
+from geosurge.eval.promotion import (
+    KEEP,
+    NO_OP,
+    PROMOTE,
+    decide_on_benchmarks,
+    decide_promotion,
+    interrupted_promotion,
+    promote,
+)
+from geosurge.geo.metrics import geolocation_metrics
 
 GOOD = {"acc_1km": 0.1, "acc_25km": 0.3, "acc_200km": 0.5, "acc_750km": 0.8, "acc_2500km": 0.9,
         "median_km": 150.0, "mean_km": 900.0, "geoscore": 3500.0, "n": 100.0}
@@ -122,3 +133,114 @@ def test_refuses_when_champion_moved_since_the_decision(client):
     with pytest.raises(RuntimeError, match="decide again"):
         promote(stale, client.model, client=client)
     assert str(champion(client)) == "2"
+
+
+# ---------------------------------------------------------------- the eval job's decision over benchmark results
+
+
+def _result(name: str, errors_deg: list[float | None], reasons: dict[int, tuple[str, str]] | None = None,
+            manifest_rejects: int = 0) -> BenchmarkResult:
+    """A model's result on a benchmark of images i = 0..n-1 at (0, i): image i predicted `errors_deg[i]` degrees of
+    latitude off, or failed with `reasons[i]` = (stage, reason); plus `manifest_rejects` quarantined manifest rows."""
+    reasons = reasons or {}
+    rows = [(f"img{i}", 0.0, float(i), e, float(i)) for i, e in enumerate(errors_deg) if i not in reasons]
+    p = pd.DataFrame(rows, columns=["image_id", "lat", "lon", "pred_lat", "pred_lon"])
+    p = p.assign(benchmark=name, uri="", score=1.0, pred_cell=0, error_km=0.0)[PREDICTION_COLUMNS]
+    failures = pd.DataFrame(
+        [(name, f"img{i}", "", 0.0, float(i), stage, reason, "") for i, (stage, reason) in reasons.items()]
+        + [(name, None, "", 99.0, 0.0, "manifest", "bad_coordinates", "") for _ in range(manifest_rejects)],
+        columns=FAILURE_COLUMNS)
+    metrics = geolocation_metrics(p.pred_lat, p.pred_lon, p.lat, p.lon)
+    return BenchmarkResult(name, "models:/m/1", "1", metrics, p, failures, len(errors_deg) + manifest_rejects)
+
+
+EXACT, NEAR, FAR = 0.0, 0.5, 45.0  # degrees of latitude off: 0 km, ~56 km, ~5,000 km
+
+
+def test_a_partial_eval_keeps_the_champion_and_says_why():
+    n = 100
+    champion = {"b": _result("b", [FAR] * n)}
+    unread = {i: ("fetch", "fetch_error") for i in range(90, 100)}  # 10 % of the reads failed for good
+    challenger = {"b": _result("b", [EXACT] * n, unread)}
+    d = decide_on_benchmarks("2", challenger, "1", champion, min_evaluated_fraction=0.98)
+    assert d.action == KEEP and not d.promotes
+    assert "partial eval on b" in d.reason and "90 of its 100 images" in d.reason and "min_evaluated_fraction" in d.reason
+    assert (d.compared_images, d.benchmark_images) == (90, 100)
+    # the same reads with a laxer threshold: compared on the 90 images both read, and better there
+    assert decide_on_benchmarks("2", challenger, "1", champion, min_evaluated_fraction=0.9).action == PROMOTE
+    # no champion yet: a partial eval does not name one either
+    first = decide_on_benchmarks("1", challenger, None, None, min_evaluated_fraction=0.98)
+    assert first.action == KEEP and first.champion_version is None and "partial eval" in first.reason
+
+
+def test_both_models_are_compared_on_the_identical_images():
+    # the champion is exact on 9 images and far off on img9; the challenger is near on 9 and could not read img9.
+    # Over what each read, the challenger looks better (it never met img9); over the same 9 images it is worse.
+    champion = {"b": _result("b", [EXACT] * 9 + [FAR])}
+    challenger = {"b": _result("b", [NEAR] * 10, {9: ("fetch", "timeout")})}
+    assert challenger["b"].metrics["geoscore"] > champion["b"].metrics["geoscore"]  # the trap
+    d = decide_on_benchmarks("2", challenger, "1", champion, min_evaluated_fraction=0.5)
+    assert d.action == KEEP and d.compared_images == 9
+    assert d.champion_value == pytest.approx(5000.0) and d.challenger_value < d.champion_value
+
+
+def test_images_broken_for_every_model_leave_the_benchmark_but_one_sided_failures_count():
+    broken = {3: ("fetch", "not_found"), 4: ("decode", "truncated")}
+    champion = {"b": _result("b", [FAR] * 50, broken, manifest_rejects=2)}
+    challenger = {"b": _result("b", [EXACT] * 50, broken, manifest_rejects=2)}
+    d = decide_on_benchmarks("2", challenger, "1", champion, min_evaluated_fraction=0.98)
+    assert d.action == PROMOTE and (d.compared_images, d.benchmark_images) == (48, 48)
+    one_sided = {"b": _result("b", [FAR] * 50, {3: ("fetch", "not_found"), 5: ("fetch", "not_found")})}
+    d = decide_on_benchmarks("2", challenger, "1", one_sided, min_evaluated_fraction=0.98)
+    assert (d.compared_images, d.benchmark_images) == (47, 49) and d.action == KEEP  # 47/49 < 0.98
+
+
+def test_the_decision_follows_decision_benchmark_and_promotion_metric_when_they_disagree():
+    # benchmark "a": the challenger is better; benchmark "b": the champion is
+    challenger = {"a": _result("a", [EXACT] * 10), "b": _result("b", [FAR] * 10)}
+    champion = {"a": _result("a", [FAR] * 10), "b": _result("b", [EXACT] * 10)}
+    assert decide_on_benchmarks("2", challenger, "1", champion).benchmark == "a"  # default: the first
+    assert decide_on_benchmarks("2", challenger, "1", champion).action == PROMOTE
+    assert decide_on_benchmarks("2", challenger, "1", champion, decision_benchmark="b").action == KEEP
+    with pytest.raises(ValueError, match="not one of the benchmarks"):
+        decide_on_benchmarks("2", challenger, "1", champion, decision_benchmark="c")
+    # metrics that disagree: half exact and half far (acc_1km 0.5) vs all near (acc_1km 0, better GeoScore)
+    split = {"a": _result("a", [EXACT] * 5 + [FAR] * 5)}
+    steady = {"a": _result("a", [NEAR] * 10)}
+    assert decide_on_benchmarks("2", split, "1", steady, metric="acc_1km").action == PROMOTE
+    assert decide_on_benchmarks("2", split, "1", steady, metric="geoscore").action == KEEP
+    assert decide_on_benchmarks("2", split, "1", steady, metric="median_km").action == KEEP  # ~2,500 km vs ~56 km
+    same = decide_on_benchmarks("1", split, "1", split)
+    assert same.action == NO_OP
+
+
+class _CrashingClient(MlflowClient):
+    """The real registry client, with the process dying (an exception) at one named call: where a killed eval job
+    could stop."""
+
+    def __init__(self, uri: str, model: str, crash_at: str):
+        super().__init__(uri)
+        self.model, self.crash_at = model, crash_at
+
+    def set_registered_model_alias(self, *args):
+        if self.crash_at == "alias":
+            raise KeyboardInterrupt("killed before the alias move")
+        return super().set_registered_model_alias(*args)
+
+    def set_model_version_tag(self, name, version, key, value):
+        if self.crash_at == "tags" and key == "eval.decision":
+            raise KeyboardInterrupt("killed after the alias move")
+        return super().set_model_version_tag(name, version, key, value)
+
+
+def test_an_interrupted_promotion_is_told_apart_from_a_finished_one(client):
+    promote(decide_promotion("1", BAD, None, None), client.model, client=client)
+    assert interrupted_promotion(client.model, "1", client) is None  # finished: no pending record left
+    for crash_at, version, landed in (("alias", "2", False), ("tags", "3", True)):
+        crashing = _CrashingClient(client.tracking_uri, client.model, crash_at)
+        champion_now = str(champion(client))
+        with pytest.raises(KeyboardInterrupt):
+            promote(decide_promotion(version, GOOD, champion_now, BAD), client.model, client=crashing)
+        said = interrupted_promotion(client.model, version, client)
+        assert str(champion(client)) == (version if landed else champion_now)
+        assert ("the move is done, the record incomplete" in said) if landed else ("did not happen" in said)

@@ -13,6 +13,7 @@ from geosurge.geo.distance import (
     unit_xyz_to_latlon,
 )
 from geosurge.geo.geocells import (
+    IGNORE_CELL,
     GeocellHierarchy,
     h3_cell_to_parent,
     h3_resolution,
@@ -123,7 +124,7 @@ def test_level_sizes_and_counts(data, hier):
     assert hier.num_cells == [len(df) for df in hier.levels]
     assert all(a <= b for a, b in zip(hier.num_cells, hier.num_cells[1:]))
     assert hier.num_cells[0] < hier.num_cells[-1]
-    a = hier.assign(*data)
+    a = hier.assign(*data, nearest=True)
     assert a.shape == (n, 3) and a.dtype == np.int64 and (a >= 0).all()
     exact = hier.assign(*data, nearest=False)
     cells = latlng_to_h3(*data, MAX_RES)
@@ -214,7 +215,8 @@ def test_dropped_points_go_to_nearest_kept_cell():
     cells = GeocellHierarchy.build(lat, lon, tau_max=[50], tau_min=5, max_resolution=4)
     assert sum(cells.num_cells) >= 2 and int(cells.levels[0]["count"].sum()) == 200
     assert cells.assign([0.0], [14.0], nearest=False)[0, 0] == -1
-    got = cells.assign(lat, lon)
+    assert (cells.assign(lat, lon) == cells.assign(lat, lon, nearest=False)).all()  # training labels by default
+    got = cells.assign(lat, lon, nearest=True)
     c_lat, c_lon = cells.cell_coordinates(0)
     east = np.flatnonzero(c_lon > 10)
     assert got[-1, 0] in east.tolist()
@@ -225,15 +227,43 @@ def test_unmatched_points_nearest_by_great_circle(hier):
     rng = np.random.default_rng(7)
     lat, lon = rng.uniform(-90, 90, 400), rng.uniform(-180, 180, 400)
     exact = hier.assign(lat, lon, nearest=False)
-    got = hier.assign(lat, lon)
-    assert (got >= 0).all()
+    got = hier.assign(lat, lon, nearest=True)
+    assert (got[:, 0] >= 0).all()
     for lvl in range(hier.num_levels):
         miss = exact[:, lvl] < 0
         assert miss.sum() > 100  # most random points fall where no training point was
         c_lat, c_lon = hier.cell_coordinates(lvl)
         d = pairwise_haversine_km(lat[miss], lon[miss], c_lat, c_lon)
-        np.testing.assert_allclose(d[np.arange(d.shape[0]), got[miss, lvl]], d.min(axis=1), rtol=1e-9)
+        if lvl > 0:  # only the children of the point's own coarser cell are candidates
+            d[hier.parents(lvl)[None, :] != got[miss, lvl - 1][:, None]] = np.inf
+        reachable = np.isfinite(d.min(axis=1))
+        assert (got[miss][~reachable, lvl] == IGNORE_CELL).all()
+        rows = np.flatnonzero(reachable)
+        np.testing.assert_allclose(d[rows, got[miss][rows, lvl]], d[rows].min(axis=1), rtol=1e-9)
         assert (got[~miss, lvl] == exact[~miss, lvl]).all()
+
+
+def assert_labels_nest(hier, labels):
+    """Wherever a point has cells at levels l-1 and l, the second is a child of the first."""
+    for lvl in range(1, hier.num_levels):
+        both = (labels[:, lvl] != IGNORE_CELL) & (labels[:, lvl - 1] != IGNORE_CELL)
+        assert (hier.parents(lvl)[labels[both, lvl]] == labels[both, lvl - 1]).all(), f"level {lvl}"
+        assert (labels[labels[:, lvl - 1] == IGNORE_CELL, lvl] == IGNORE_CELL).all(), f"level {lvl}: label under none"
+
+
+@pytest.mark.parametrize("nearest", [False, True])
+def test_training_labels_respect_the_hierarchy(data, hier, nearest):
+    """Every training point's labels nest (parent(label[l]) == label[l-1]), in both modes; random points too."""
+    lat, lon = data
+    labels = hier.assign(lat, lon, nearest=nearest)
+    assert_labels_nest(hier, labels)
+    rng = np.random.default_rng(3)
+    assert_labels_nest(hier, hier.assign(rng.uniform(-90, 90, 2000), rng.uniform(-180, 180, 2000), nearest=nearest))
+    dropped = (labels == IGNORE_CELL).mean(axis=0)
+    if not nearest:  # exactly the points the build dropped are ignored, level by level
+        kept = np.array([int(df["count"].sum()) for df in hier.levels])
+        np.testing.assert_array_equal((labels != IGNORE_CELL).sum(axis=0), kept)
+        assert dropped[-1] > 0  # the fixture's sparse noise is dropped at the finest level
 
 
 def test_bad_inputs():

@@ -20,7 +20,7 @@ from tests.infra.infra_helpers import (
 
 COMPOSE = INFRA / "mlflow" / "docker-compose.yml"
 # Images whose code we ship, and the installed packages whose sources must read each variable we set there.
-OUR_IMAGES = {"geosurge": ["geosurge", "botocore", "ray"], "geosurge-mlflow": ["mlflow", "botocore"]}
+OUR_IMAGES = {"geosurge": ["geosurge", "botocore", "ray", "mlflow"], "geosurge-mlflow": ["mlflow", "botocore", "libpq"]}
 
 
 @cache
@@ -29,8 +29,18 @@ def _package_sources(package: str) -> str:
     return "\n".join(p.read_text(errors="ignore") for p in root.rglob("*.py"))
 
 
+@cache
+def _libpq_strings() -> bytes:
+    """The C library behind psycopg (the image's `psycopg[binary]`): it reads PGUSER, PGPASSWORD, ... itself."""
+    libs = Path(importlib.util.find_spec("psycopg_binary").origin).parents[1] / "psycopg_binary.libs"
+    (libpq,) = libs.glob("libpq-*.so*")
+    return libpq.read_bytes()
+
+
 def _is_read_by(name: str, packages: list[str]) -> bool:
-    return any(re.search(rf"[\"']{re.escape(name)}[\"']", _package_sources(p)) for p in packages)
+    if "libpq" in packages and re.fullmatch(r"PG[A-Z]+", name) and b"\0" + name.encode() + b"\0" in _libpq_strings():
+        return True
+    return any(re.search(rf"[\"']{re.escape(name)}[\"']", _package_sources(p)) for p in packages if p != "libpq")
 
 
 def _secret_commands() -> dict[str, set[str]]:
@@ -50,7 +60,7 @@ def _all_containers():
 
 def test_every_configmap_secret_and_claim_a_pod_uses_is_defined_or_created_by_a_documented_command():
     secrets = _secret_commands()
-    assert {"geosurge-s3", "mlflow-db"} <= set(secrets)
+    assert {"geosurge-s3", "mlflow-db", "mlflow-auth"} <= set(secrets)
     for where, pod, container in _all_containers():
         refs = []
         for env in container.get("env", []):
@@ -93,14 +103,20 @@ def test_every_environment_variable_set_on_our_images_is_read_by_their_code_or_e
 
 
 def test_the_pipeline_reads_the_s3_credentials_the_ray_pods_get():
-    """The Ray pods get AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY; geosurge.storage hands them to pyarrow."""
+    """The Ray pods get AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY; geosurge.storage hands them to pyarrow (and a
+    filesystem pickled into a Ray task carries none: each pod reads its own)."""
+    import pickle
+
+    import pyarrow.fs as pafs
+
     from geosurge.storage import S3Config, s3_filesystem
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AWS_ACCESS_KEY_ID", "from-the-secret")
         mp.setenv("AWS_SECRET_ACCESS_KEY", "also-from-the-secret")
         fs = s3_filesystem(S3Config(endpoint_url="http://127.0.0.1:1", region="us-east-1"))
-        assert "from-the-secret" in repr(fs.__reduce__())
+        assert "from-the-secret" in repr(pafs.S3FileSystem.__reduce__(fs))
+        assert b"from-the-secret" not in pickle.dumps(fs)
 
 
 def test_compose_runs_the_deployments_mlflow_server_against_its_own_postgres_and_seaweedfs():
@@ -111,10 +127,12 @@ def test_compose_runs_the_deployments_mlflow_server_against_its_own_postgres_and
     assert mlflow["image"] == deployment["image"] and (COMPOSE.parent / mlflow["build"] / "Dockerfile").is_file()
     command = mlflow["command"]
     assert {a for a in command if a.startswith("--")} == {a for a in deployment["command"] if a.startswith("--")}
-    # backend: the compose postgres, with its credentials
-    env = postgres["environment"]
-    assert flag_value(command, "--backend-store-uri") == (
-        f"postgresql://{env['POSTGRES_USER']}:{env['POSTGRES_PASSWORD']}@postgres:5432/{env['POSTGRES_DB']}")
+    # backend: the compose postgres, its credentials in libpq's variables and none on the command line
+    env, server_env = postgres["environment"], mlflow["environment"]
+    assert flag_value(command, "--backend-store-uri") is None
+    assert server_env["MLFLOW_BACKEND_STORE_URI"] == "postgresql://postgres:5432/"
+    assert (server_env["PGUSER"], server_env["PGPASSWORD"], server_env["PGDATABASE"]) == (
+        env["POSTGRES_USER"], env["POSTGRES_PASSWORD"], env["POSTGRES_DB"])
     assert mlflow["depends_on"]["postgres"]["condition"] == "service_healthy"
     # artifacts: a bucket the SeaweedFS service creates, reached with a key its identities file holds
     weed = dict(arg.lstrip("-").split("=", 1) for arg in seaweedfs["command"][1:])

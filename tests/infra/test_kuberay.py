@@ -1,7 +1,7 @@
 """The KubeRay manifests (infra/kuberay/) against the KubeRay API and against this code base.
 
 No KubeRay CRD schema ships in any installed package, so the API checks use the fields verified from KubeRay's
-v1 types and CRDs (ray-operator/apis/ray/v1, config/crd/bases; RayCronJob as released in v1.6.0) and Ray's own
+v1 types and CRDs (ray-operator/apis/ray/v1, config/crd/bases; RayCronJob as released in v1.7.0) and Ray's own
 KubeRay autoscaler, which turns a RayCluster spec into an autoscaling config and validates it against the schema
 that ships inside the `ray` package. The code checks: entry points exist and take `--config`/`--set`, the mounted
 configs load as PipelineConfig, images and versions agree with pyproject.toml and infra/Dockerfile."""
@@ -9,6 +9,7 @@ configs load as PipelineConfig, images and versions agree with pyproject.toml an
 import re
 import subprocess
 import sys
+import zoneinfo
 from pathlib import Path
 
 import pytest
@@ -36,7 +37,7 @@ from tests.infra.infra_helpers import (
     ray_job_specs,
 )
 
-# Fields of the ray.io/v1 specs (KubeRay v1.6 types); a key outside these is a typo the API server would prune.
+# Fields of the ray.io/v1 specs (KubeRay v1.7 types); a key outside these is a typo the API server would prune.
 RAY_CLUSTER_SPEC_FIELDS = {
     "authOptions", "autoscalerOptions", "enableInTreeAutoscaling", "gcsFaultToleranceOptions", "headGroupSpec",
     "headServiceAnnotations", "managedBy", "rayVersion", "suspend", "workerGroupSpecs", "upgradeStrategy",
@@ -54,9 +55,16 @@ RAY_JOB_SPEC_FIELDS = {
     "ttlSecondsAfterFinished",
 }
 SUBMISSION_MODES = {"K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode"}
-# RayCronJob (KubeRay v1.6.0, alpha, feature gate RayCronJob): exactly these spec fields; the first two required.
-RAY_CRON_JOB_SPEC_FIELDS = {"schedule", "jobTemplate", "suspend"}
+# RayCronJob (KubeRay v1.7.0, alpha, feature gate RayCronJob): exactly these spec fields; the first two required.
+# v1.7.0 is the oldest release to require: v1.6.x can fire one schedule tick twice (kuberay#4888) and has no timeZone.
+RAY_CRON_JOB_SPEC_FIELDS = {"schedule", "jobTemplate", "timeZone", "suspend"}
 RAY_CRON_JOB_REQUIRED = {"schedule", "jobTemplate"}
+KUBERAY_FOR_RAYCRONJOB = "v1.7.0"
+# RayJob deletionRules (v1.7 DeletionRule/DeletionCondition and validateDeletionRules): policies in the order their
+# TTLs must not decrease, and the terminal states a condition can name.
+DELETION_ORDER = ["DeleteWorkers", "DeleteCluster", "DeleteSelf"]
+DELETION_JOB_STATUSES = {"SUCCEEDED", "FAILED"}
+DELETION_DEPLOYMENT_STATUSES = {"Failed"}
 
 CONFIG_MOUNT = "/config"
 
@@ -135,16 +143,26 @@ def test_ray_job_spec_has_the_kuberay_v1_fields_and_runs_from_the_image_project_
     assert set(job) <= RAY_JOB_SPEC_FIELDS, set(job) - RAY_JOB_SPEC_FIELDS
     assert job["entrypoint"] and job["rayClusterSpec"]
     assert job.get("submissionMode", "K8sJobMode") in SUBMISSION_MODES
-    assert job["shutdownAfterJobFinishes"] is True  # GPU nodes go back when the run ends
+    # GPU nodes go back when the run ends: shutdownAfterJobFinishes, or deletionRules that delete the cluster
+    rules = job.get("deletionStrategy", {}).get("deletionRules", [])
+    assert job.get("shutdownAfterJobFinishes") is True or {
+        r["condition"].get("jobStatus") for r in rules if r["policy"] in ("DeleteCluster", "DeleteSelf")} >= {
+        "SUCCEEDED", "FAILED"}
     runtime_env = yaml.safe_load(job["runtimeEnvYAML"])
     workdir = next(rest for keyword, rest in dockerfile_instructions(INFRA / "Dockerfile") if keyword == "WORKDIR")
     assert runtime_env["working_dir"] == workdir  # relative entry points resolve in the image's project folder
 
 
-def test_raycronjob_has_the_v1_6_spec_and_a_daily_schedule():
-    (_, cron), = docs_of_kind("RayCronJob")
+def test_raycronjob_has_the_v1_7_spec_a_daily_schedule_and_a_time_zone():
+    (path, cron), = docs_of_kind("RayCronJob")
     spec = cron["spec"]
     assert RAY_CRON_JOB_REQUIRED <= set(spec) <= RAY_CRON_JOB_SPEC_FIELDS, set(spec)
+    # the schedule does not follow the operator pod's TZ: an IANA name the operator's bundled tz database knows
+    assert spec.get("timeZone") and zoneinfo.ZoneInfo(spec["timeZone"])
+    # the KubeRay release it needs is stated where it is applied
+    for text in (path.read_text(), (INFRA / "README.md").read_text()):
+        assert f"{KUBERAY_FOR_RAYCRONJOB} or newer" in text
+    assert "v1.6.0 or newer" not in (INFRA / "README.md").read_text() + (REPO / "README.md").read_text()
     assert "spec" not in spec["jobTemplate"]  # the RayJob spec sits inline, not under a `spec:` wrapper
     minute, hour, day, month, weekday = _parse_cron(spec["schedule"])
     assert len(minute) == 1 and len(hour) == 1  # once a day ...
@@ -152,6 +170,38 @@ def test_raycronjob_has_the_v1_6_spec_and_a_daily_schedule():
     assert spec.get("suspend") in (None, False)
     # a stuck run ends before the next one is due
     assert cron["spec"]["jobTemplate"]["activeDeadlineSeconds"] < 24 * 3600
+
+
+def test_raycronjob_prunes_its_finished_rayjobs_with_deletion_rules_kuberay_accepts():
+    """RayCronJob has no history limit: each child RayJob deletes its Ray cluster when it ends and itself later, for
+    every way a run can end. The rules pass KubeRay v1.7's validateDeletionRules."""
+    (_, cron), = docs_of_kind("RayCronJob")
+    job = cron["spec"]["jobTemplate"]
+    rules = job["deletionStrategy"]["deletionRules"]
+    # rules mode excludes shutdownAfterJobFinishes, a global TTL and the legacy onSuccess/onFailure
+    assert not job.get("shutdownAfterJobFinishes") and not job.get("ttlSecondsAfterFinished")
+    assert set(job["deletionStrategy"]) == {"deletionRules"}
+    ttls: dict[tuple[str, str], dict[str, int]] = {}
+    for rule in rules:
+        assert set(rule) == {"policy", "condition"} and rule["policy"] in DELETION_ORDER + ["DeleteNone"]
+        condition = rule["condition"]
+        assert set(condition) <= {"jobStatus", "jobDeploymentStatus", "ttlSeconds"}
+        (kind,) = {"jobStatus", "jobDeploymentStatus"} & set(condition)  # exactly one
+        assert condition[kind] in (DELETION_JOB_STATUSES if kind == "jobStatus" else DELETION_DEPLOYMENT_STATUSES)
+        assert condition.get("ttlSeconds", 0) >= 0
+        policies = ttls.setdefault((kind, condition[kind]), {})
+        assert rule["policy"] not in policies, f"duplicate rule {rule}"
+        policies[rule["policy"]] = condition.get("ttlSeconds", 0)
+    for outcome, policies in ttls.items():  # Workers <= Cluster <= Self
+        ordered = [policies[p] for p in DELETION_ORDER if p in policies]
+        assert ordered == sorted(ordered), (outcome, policies)
+    # every end of a run: the GPU nodes go within the hour, the RayJob within a month
+    outcomes = {("jobStatus", "SUCCEEDED"), ("jobStatus", "FAILED"), ("jobDeploymentStatus", "Failed")}
+    assert set(ttls) == outcomes
+    for outcome in outcomes:
+        assert ttls[outcome]["DeleteCluster"] <= 3600 and 24 * 3600 <= ttls[outcome]["DeleteSelf"] <= 30 * 24 * 3600
+    # a week or more of daily runs stays visible: the history a person looks at
+    assert ttls[("jobStatus", "SUCCEEDED")]["DeleteSelf"] >= 7 * 24 * 3600
 
 
 def _parse_cron(schedule: str) -> list[set[int]]:

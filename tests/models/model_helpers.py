@@ -30,5 +30,5 @@ def random_batch(h: GeocellHierarchy, n: int = 6, grid: int = 4, seed: int = 1) 
         "label_map": torch.from_numpy(rng.integers(0, 150, (n, grid, grid), dtype=np.uint8)),
         "lat": torch.from_numpy(lat[idx]),
         "lon": torch.from_numpy(lon[idx]),
-        "cells": torch.from_numpy(h.assign(lat[idx], lon[idx])),
+        "cells": torch.from_numpy(h.assign(lat[idx], lon[idx], nearest=True)),  # a cell at every level
     }

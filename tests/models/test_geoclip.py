@@ -220,3 +220,63 @@ def test_gallery_files(tmp_path):
     first = pd.read_csv(geoclip_package_file("model", "gps_gallery", "coordinates_100K.csv"), nrows=1)
     assert released.shape == (100_000, 2)
     assert torch.allclose(released[0], torch.tensor([first.LAT[0], first.LON[0]], dtype=torch.float32))
+
+
+# --- the whole release on a CLIP ViT-L/14 backbone (one block, small images: the real L/14 widths, no download)
+CLIP_L14 = "vit_large_patch14_clip_224.openai"
+CLIP_L14_SMALL = {"depth": 1, "img_size": 28}
+
+
+@pytest.fixture(scope="module")
+def clip_geoclip() -> GeoClip:
+    cfg = ModelConfig(name="geoclip", backbone=CLIP_L14, backbone_kwargs=CLIP_L14_SMALL,
+                      geoclip=GeoClipConfig(queue_size=8))  # the released location encoder: the whole release
+    return create_model(cfg, NO_CELLS).eval()
+
+
+@pytest.fixture(scope="module")
+def package_image_mlp() -> torch.nn.Sequential:
+    """The package's own ImageEncoder MLP with the package's released weights. Its CLIP tower (a hub download)
+    is built on the meta device: only the MLP is materialised."""
+    from geoclip.model.image_encoder import ImageEncoder
+
+    with torch.device("meta"):
+        encoder = ImageEncoder(from_pretrained=False)
+    mlp = encoder.mlp.to_empty(device="cpu")
+    mlp.load_state_dict(torch.load(geoclip_package_file("model", "weights", "image_encoder_mlp_weights.pth"),
+                                   map_location="cpu", weights_only=True))
+    return mlp.eval()
+
+
+def test_clip_l14_image_head_equals_the_package_mlp_on_the_same_768d_features(clip_geoclip, package_image_mlp):
+    assert clip_geoclip.backbone.feature_dim == 768  # CLIP's projection, not the 1024-d pre-projection token
+    features = torch.randn(16, 768, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours, theirs = clip_geoclip.image_head(features), package_image_mlp(features)
+    assert (ours - theirs).abs().max().item() < 1e-6
+
+
+def test_clip_l14_embeds_through_clip_projection_with_the_released_logit_scale(clip_geoclip, package_image_mlp):
+    released = float(torch.load(geoclip_package_file("model", "weights", "logit_scale_weights.pth"), weights_only=True))
+    assert clip_geoclip.logit_scale.item() == pytest.approx(released) and released == pytest.approx(3.681, abs=1e-3)
+    image = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 28, 28, 3), dtype=np.uint8))
+    backbone = clip_geoclip.backbone
+    with torch.no_grad():
+        tokens = backbone.model.forward_features(backbone.pixels(image))
+        clip_embedding = backbone.model.head(tokens[:, 0])  # CLIP: projection of the normalised class token
+        expected = F.normalize(package_image_mlp(clip_embedding), dim=-1)
+        got = clip_geoclip.embed_image(image)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+        g = F.normalize(torch.randn(5, 512), dim=-1)
+        torch.testing.assert_close(clip_geoclip.logits(got, g), np.exp(released) * got @ g.t())
+
+
+def test_clip_l14_backbone_is_frozen_by_default_and_trainable_blocks_unfreezes(clip_geoclip):
+    assert not any(p.requires_grad for p in clip_geoclip.backbone.parameters())
+    assert all(p.requires_grad for p in clip_geoclip.image_head.parameters())
+    cfg = ModelConfig(name="geoclip", backbone=CLIP_L14, backbone_kwargs=CLIP_L14_SMALL, trainable_blocks=1,
+                      geoclip=GeoClipConfig(queue_size=8, pretrained_location_encoder=False))
+    model = create_model(cfg, NO_CELLS)
+    assert all(p.requires_grad for p in model.backbone.model.blocks[-1].parameters())
+    # the paper's from-scratch location encoder (configs/geoclip-mp16.yaml) gets no released image head either
+    assert model.backbone.feature_dim == 768 and model.logit_scale.item() == pytest.approx(GeoClipConfig().logit_scale_init)

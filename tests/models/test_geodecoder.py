@@ -88,30 +88,35 @@ def test_every_parameter_gets_a_finite_gradient(hierarchy, with_scene):
         assert torch.isfinite(p.grad).all(), f"{name} has a non-finite gradient"
 
 
-def _reference_loss(level_logits: list[torch.Tensor], scene: torch.Tensor, cells: torch.Tensor) -> float:
+def _reference_loss(level_logits: list[torch.Tensor], scene_logits: torch.Tensor, scene: torch.Tensor,
+                    cells: torch.Tensor) -> float:
     total = 0.0
     for level, logits in enumerate(level_logits):
         rows = logits[torch.arange(len(scene)), scene]  # the scene's query of this level
         true = cells[:, level]
         total += (torch.logsumexp(rows, 1) - rows.gather(1, true[:, None]).squeeze(1)).mean().item()
-    return total
+    # the scene channel's cross-entropy on the same scene labels (weight 1)
+    scene_nll = torch.logsumexp(scene_logits, 1) - scene_logits.gather(1, scene[:, None]).squeeze(1)
+    return total + scene_nll.mean().item()
 
 
 def test_loss_uses_the_given_scene_or_the_derived_one(hierarchy):
     model = _model(hierarchy).double().eval()
     batch = _batch(hierarchy)
     image = batch["image"].permute(0, 3, 1, 2).double() / 255
-    level_logits = model.query_logits(image)
+    level_logits, scene_logits = model.decode(image)
     derived = scene_from_label_map(batch["label_map"])
     given = (derived + 1) % 3
 
     out = model({**batch, "image": image})
     assert torch.equal(out["scene"], derived)
-    assert out["loss"].item() == pytest.approx(_reference_loss(level_logits, derived, batch["cells"]), rel=1e-9)
+    expected = _reference_loss(level_logits, scene_logits, derived, batch["cells"])
+    assert out["loss"].item() == pytest.approx(expected, rel=1e-9)
 
     out_given = model({**batch, "image": image, "scene": given})
     assert torch.equal(out_given["scene"], given)
-    assert out_given["loss"].item() == pytest.approx(_reference_loss(level_logits, given, batch["cells"]), rel=1e-9)
+    expected = _reference_loss(level_logits, scene_logits, given, batch["cells"])
+    assert out_given["loss"].item() == pytest.approx(expected, rel=1e-9)
     assert out_given["loss"].item() != pytest.approx(out["loss"].item(), rel=1e-6)
 
     unknown = given.clone()
@@ -159,8 +164,9 @@ def _brute_force(h: GeocellHierarchy, probs: list[torch.Tensor]) -> torch.Tensor
 def test_hierarchical_scores_equal_brute_force_products_for_the_chosen_scene(hierarchy):
     model = _model(hierarchy).eval()
     batch = _batch(hierarchy)
-    level_logits = [l.detach() for l in model.query_logits(batch["image"])]
-    scene = model.scene_confidence(level_logits).argmax(-1)
+    level_logits, scene_logits = (x for x in model.decode(batch["image"]))
+    level_logits = [l.detach() for l in level_logits]
+    scene = scene_logits.argmax(-1)
     rows = torch.arange(len(scene))
     probs = [F.softmax(l[rows, scene].double(), -1) for l in level_logits]
     expected = _brute_force(hierarchy, probs)
@@ -183,9 +189,37 @@ def _logit_for(p: float, n: int) -> float:
     return float(np.log(p * (n - 1) / (1 - p)))
 
 
-def test_scene_with_highest_mean_confidence_is_chosen(hierarchy):
-    # max probability per (scene, level): scene 0 is the most confident at the coarsest level, scene 2 at the finest,
-    # scene 1 on average (0.70 against 0.66 and 0.68), so only the mean-confidence rule picks scene 1
+def test_scene_channel_is_trained_on_the_scene_labels(hierarchy):
+    """The loss holds the scene channel's cross-entropy (`loss_scene`), its gradient reaches the channel, and a
+    few steps on fixed scene labels make the channel predict them."""
+    model = _model(hierarchy)
+    batch = {**_batch(hierarchy), "scene": torch.tensor([0, 1, 2, 2, 1, 0])}
+    out = model(batch)
+    levels = sum(out[f"loss_level_{l}"] for l in range(hierarchy.num_levels))
+    assert out["loss_scene"].item() > 0
+    assert out["loss"].item() == pytest.approx((levels + out["loss_scene"]).item(), rel=1e-6)
+    expected = F.cross_entropy(out["scene_logits"], batch["scene"])
+    assert out["loss_scene"].item() == pytest.approx(expected.item(), rel=1e-6)
+    out["loss"].backward()
+    assert model.scene_channel.weight.grad.abs().sum() > 0
+    weightless = _model(hierarchy, scene_loss_weight=0.0)(batch)
+    assert weightless["loss"].item() == pytest.approx(levels.item(), rel=1e-5)
+
+    # the channel alone learns the labels (the rest frozen keeps this quick): selection follows the training
+    for p in model.parameters():
+        p.requires_grad_(p is model.scene_channel.weight or p is model.scene_channel.bias)
+    optimizer = torch.optim.Adam(model.scene_channel.parameters(), lr=0.1)
+    for _ in range(30):
+        optimizer.zero_grad()
+        model(batch)["loss"].backward()
+        optimizer.step()
+    model.eval()
+    assert model.predict(batch, k=1)["scene"].tolist() == batch["scene"].tolist()
+
+
+def test_scene_is_selected_by_the_scene_channel_not_by_confidence(hierarchy):
+    # max probability per (scene, level): scene 1 is the most confident on average (0.70 against 0.66 and 0.68), so
+    # the old mean-confidence rule picks scene 1; the scene channel is set to score scene 2 highest: it must win
     confidence = np.array([[0.98, 0.50, 0.50], [0.70, 0.70, 0.70], [0.55, 0.55, 0.95]])
     assert np.argmax(confidence.mean(1)) == 1 and np.argmax(confidence[:, 0]) == 0 and np.argmax(confidence[:, -1]) == 2
     model = _model(hierarchy).eval()
@@ -210,26 +244,35 @@ def test_scene_with_highest_mean_confidence_is_chosen(hierarchy):
             classifier.weight.copy_((t.t() @ torch.linalg.pinv(z[level].double().t())).float())
             classifier.bias.zero_()
             targets.append(t)
+        # the scene channel: per-query scores S[level, scene] (mean over levels: scene 2 highest, scene 1 lowest)
+        channel_targets = torch.tensor([[0.0, -1.0, 2.0], [0.5, -0.5, 1.0], [0.0, -1.0, 3.0]], dtype=torch.float64)
+        flat = z.reshape(levels * scenes, dim).double()
+        model.scene_channel.weight.copy_((channel_targets.reshape(1, -1) @ torch.linalg.pinv(flat.t())).float())
+        model.scene_channel.bias.zero_()
 
     batch = _batch(hierarchy)
     level_logits = [l.detach() for l in model.query_logits(batch["image"])]
     for level, t in enumerate(targets):  # the construction holds, whatever the image
         assert torch.allclose(level_logits[level].double(), t.expand(6, -1, -1), atol=1e-3)
     assert np.allclose(model.scene_confidence(level_logits).numpy(), confidence.mean(1), atol=1e-4)
+    assert model.scene_confidence(level_logits).argmax(-1).tolist() == [1] * 6  # what the old rule chose
+    torch.testing.assert_close(model.decode(batch["image"])[1].double(), channel_targets.mean(0).expand(6, -1),
+                               atol=1e-3, rtol=0)
 
     out = model.predict(batch, k=1)
-    assert out["scene"].tolist() == [1] * 6
-    probs = [F.softmax(t[1], -1).expand(6, -1) for t in targets]
+    assert out["scene"].tolist() == [2] * 6
+    probs = [F.softmax(t[2], -1).expand(6, -1) for t in targets]
     best = _brute_force(hierarchy, probs).max(-1).values
     assert torch.allclose(out["score"][:, 0].double(), best, atol=1e-4)
 
 
-def test_ten_crop_picks_one_scene_on_the_mean_confidence_and_averages_the_products(hierarchy):
+def test_ten_crop_picks_one_scene_on_the_mean_scene_probability_and_averages_the_products(hierarchy):
     model = _model(hierarchy).eval()
     batch = _batch(hierarchy, n=4)
     with torch.no_grad():
-        level_logits = [model.query_logits(image) for image, _ in ten_crop_views(batch["image"], batch["label_map"])]
-        scene = torch.stack([model.scene_confidence(l) for l in level_logits]).mean(0).argmax(-1)
+        decoded = [model.decode(image) for image, _ in ten_crop_views(batch["image"], batch["label_map"])]
+        level_logits = [l for l, _ in decoded]
+        scene = torch.stack([F.softmax(s, -1) for _, s in decoded]).mean(0).argmax(-1)
         probs = torch.stack([model.finest_log_scores(l, scene).exp() for l in level_logits]).mean(0)
     top = probs.topk(5, dim=-1)
     out = model.predict(batch, k=5, ten_crop=True)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from geosurge.config import ModelConfig
-from geosurge.geo.geocells import GeocellHierarchy
+from geosurge.geo.geocells import IGNORE_CELL, GeocellHierarchy
 from geosurge.models import HierarchySpec, create_model
 from tests.models.model_helpers import TINY_VIT, random_batch, small_hierarchy
 
@@ -60,6 +60,37 @@ def test_label_maps_at_another_grid_are_pooled_to_the_patch_grid(hierarchy):
     assert torch.isfinite(model(_batch(hierarchy, grid=8))["loss"])
 
 
+@pytest.mark.parametrize("mode", ["histogram", "majority"])
+def test_semantic_tokens_shapes_and_gradients(hierarchy, mode):
+    model = _model(hierarchy, semantic_tokens=mode)
+    batch = _batch(hierarchy, grid=8)  # a label map finer than the 4×4 patch grid: mixed patches
+    tokens = model.semantic_tokens(batch["label_map"])
+    assert tokens.shape == (6, 16, model.backbone.dim)
+    model(batch)["loss"].backward()
+    assert model.semantic_proj.weight.grad.abs().sum() > 0 and torch.isfinite(model.semantic_proj.weight.grad).all()
+
+
+def test_histogram_tokens_keep_the_mix_of_classes_inside_a_patch(hierarchy):
+    """On a label map at twice the patch grid, a patch of 3 sky + 1 road cells gets the projection of (0.75 sky,
+    0.25 road) as a histogram token and of sky alone as a majority token; pure patches are the same in both."""
+    histogram, majority = _model(hierarchy, semantic_tokens="histogram"), _model(hierarchy, semantic_tokens="majority")
+    majority.load_state_dict(histogram.state_dict())  # the same weights: only the mode differs
+    sky, road = 2, 6
+    label_map = torch.full((1, 8, 8), sky, dtype=torch.uint8)
+    label_map[0, 0, 0] = road  # patch (0, 0) covers cells [0:2, 0:2]: 3 sky, 1 road
+    label_map[0, 6:8, 6:8] = road  # patch (3, 3): pure road
+    with torch.no_grad():
+        h, m = histogram.semantic_tokens(label_map)[0], majority.semantic_tokens(label_map)[0]
+        w, b, pos = histogram.semantic_proj.weight, histogram.semantic_proj.bias, histogram.semantic_pos[0]
+        torch.testing.assert_close(h[0], 0.75 * w[:, sky] + 0.25 * w[:, road] + b + pos[0])
+        torch.testing.assert_close(m[0], w[:, sky] + b + pos[0])
+        assert not torch.allclose(h[0], m[0])
+        torch.testing.assert_close(h[1:], m[1:])  # every other patch is pure
+        torch.testing.assert_close(h[15], w[:, road] + b + pos[15])
+    with pytest.raises(ValueError, match="semantic_tokens"):
+        _model(hierarchy, semantic_tokens="mean")
+
+
 def test_fusion_uses_the_label_map(hierarchy):
     model = _model(hierarchy).eval()
     batch = _batch(hierarchy)
@@ -106,6 +137,26 @@ def test_loss_equals_float64_reference(hierarchy):
         # InfoNCE: -log(exp(v·g_true/τ) / Σ_j exp(v·g_j/τ)), averaged over the batch, summed over levels
         expected += (-(logits.gather(1, true[:, None]).squeeze(1) - torch.logsumexp(logits, 1))).mean().item()
     assert out["loss"].item() == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("name", ["geosurge", "geodecoder", "flat_classifier"])
+def test_ignored_cells_add_nothing_to_the_loss(hierarchy, name):
+    """Rows labelled IGNORE_CELL at a level (their cell was dropped) are skipped there: the loss equals the loss
+    of the labelled rows alone, and a batch with no labelled row at a level is finite (0 there), not NaN."""
+    model = _model(hierarchy, name=name).eval()
+    batch = _batch(hierarchy)
+    partial = batch["cells"].clone()
+    partial[:3, -1] = IGNORE_CELL  # three rows lose their finest cell
+    out = model({**batch, "cells": partial})
+    kept_only = model({k: v[3:] for k, v in batch.items()})
+    finest = f"loss_level_{hierarchy.num_levels - 1}"
+    if name == "flat_classifier":
+        assert out["loss"].item() == pytest.approx(kept_only["loss"].item(), rel=1e-5)
+    else:
+        assert out[finest].item() == pytest.approx(kept_only[finest].item(), rel=1e-5)
+        assert out["loss_level_0"].item() == pytest.approx(model(batch)["loss_level_0"].item(), rel=1e-6)
+    none = model({**batch, "cells": torch.full_like(partial, IGNORE_CELL)})
+    assert torch.isfinite(none["loss"])
 
 
 def test_unknown_model_name_is_a_clear_error(hierarchy):

@@ -5,8 +5,11 @@ import os
 
 import pytest
 
+from geosurge import storage
 from geosurge.config import load_config
-from geosurge.orchestration.pipeline import STAGES, check_pipeline_config, stage_keys
+from geosurge.geo.metrics import geolocation_metrics
+from geosurge.orchestration.ledger import StageLedger, StageRecord, StageRunner
+from geosurge.orchestration.pipeline import STAGES, PipelineJob, check_pipeline_config, run_pipeline, stage_keys
 
 
 def _changed(a: dict, b: dict) -> list[str]:
@@ -43,3 +46,75 @@ def test_settings_refused_before_anything_starts(tmp_path):
     with pytest.raises(ValueError, match="val_fraction"):
         check_pipeline_config(load_config(overrides=["data.val_fraction=1.5"]))
     check_pipeline_config(load_config())  # the embedded defaults run
+
+
+def _record_every_stage(config) -> None:
+    """A finished run's stage records for `config` (every output a real file), as the pipeline leaves them."""
+    root = config.resolved_data_root
+    out = {name: storage.join(root, "made", name) for name in ("manifest", "geocells", "shards", "quarantine", "ckpt")}
+    for uri in out.values():
+        storage.write_bytes(uri, b"x")
+    metrics = geolocation_metrics([1.0, 2.0], [1.0, 2.0], [1.0, 2.5], [1.0, 2.0])
+    made = {
+        "data": ({"manifest": out["manifest"]}, {"manifests": [out["manifest"]]}),
+        "segmenter": ({}, {"spec": "random"}),
+        "geocells": ({"geocells": out["geocells"]}, {}),
+        "ingest": ({"shards": out["shards"], "quarantine": out["quarantine"]},
+                   {"rows_in": 2, "shard_rows": 2, "quarantined_by_reason": {}}),
+        "train": ({"checkpoint": out["ckpt"]}, {}),
+        "register": ({}, {"version": "1", "model_uri": "models:/geosurge@challenger", "mlflow_run_id": "r",
+                          "split": "test", "metrics": metrics, "median_guess": metrics}),
+        "evaluate": ({}, {"decision": {"action": "promote", "reason": "no champion yet"}}),
+    }
+    ledger, keys = StageLedger(root), stage_keys(config)
+    for stage in STAGES:
+        ledger.record(stage, keys[stage], *made[stage])
+
+
+def test_force_redoes_the_stage_and_everything_after_it_and_names_unknown_stages(tmp_path):
+    config = load_config(overrides=[f"data_root={tmp_path / 'store'}"])
+    _record_every_stage(config)
+    ledger, keys = StageLedger(config.resolved_data_root), stage_keys(config)
+    assert StageRunner(ledger, keys).all_done
+    assert list(StageRunner(ledger, keys, force=["train"]).done) == ["data", "segmenter", "geocells", "ingest"]
+    assert list(StageRunner(ledger, keys, force=["evaluate", "ingest"]).done) == ["data", "segmenter", "geocells"]
+    changed = stage_keys(load_config(overrides=[f"data_root={tmp_path / 'store'}", "train.lr=1e-3"]))
+    assert list(StageRunner(ledger, changed).done) == ["data", "segmenter", "geocells", "ingest"]
+    with pytest.raises(ValueError, match="--force trian: no such stage; the stages are data, segmenter"):
+        StageRunner(ledger, keys, force=["trian"])
+
+
+def test_a_finished_rerun_does_nothing_and_says_so(tmp_path, capsys, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from geosurge.orchestration import pipeline
+
+    ray_starts = []  # counted at the pipeline's own call: another test may have left a Ray running in this process
+    monkeypatch.setattr(pipeline, "init_ray", lambda config: ray_starts.append(config))
+
+    config = load_config(overrides=[f"data_root={tmp_path / 'store'}", f"output_dir={tmp_path / 'run'}"])
+    _record_every_stage(config)
+    MlflowClient(config.resolved_tracking_uri).create_registered_model(config.tracking.registered_model)
+    assert run_pipeline(config) == 0
+    out = capsys.readouterr().out
+    assert "nothing to do" in out and "=== 1/7" not in out  # no stage header: nothing ran
+    assert ray_starts == []
+
+
+def test_the_oracle_segmenter_is_refused_before_anything_is_written(tmp_path):
+    config = load_config(overrides=["ingest.segmenter=ground_truth", f"data_root={tmp_path / 'store'}"])
+    with pytest.raises(ValueError, match="oracle"):
+        run_pipeline(config)
+    assert not (tmp_path / "store").exists()
+
+
+def test_the_run_says_when_its_segmenter_is_random(tmp_path):
+    import mlflow
+
+    config = load_config(overrides=[f"output_dir={tmp_path}", f"data_root={tmp_path / 'store'}"])
+    mlflow.set_tracking_uri(config.resolved_tracking_uri)
+    for spec, random_init in (("random", "True"), ("random-oneformer", "True"), (str(tmp_path / "seg"), "False")):
+        with mlflow.start_run() as run:
+            PipelineJob(config, stage_keys(config), run).use_segmenter(StageRecord("segmenter", "k", {}, {"spec": spec}))
+        tags = mlflow.get_run(run.info.run_id).data.tags
+        assert (tags["segmenter"], tags["segmenter_random_init"]) == (spec, random_init)

@@ -25,3 +25,20 @@ def test_fine_tuning_keeps_the_champions_model_and_geocells_and_takes_epochs_and
     assert tuned.run_name.startswith("nightly-retrain-")
     assert fine_tune_config(config, champion, new, "x").run_name == tuned.run_name
     assert fine_tune_config(config, champion, new[:1], "x").run_name != tuned.run_name
+
+
+def test_a_run_that_finds_the_lock_held_exits_75_and_does_nothing(tmp_path, capsys):
+    from geosurge import storage
+    from geosurge.layout import DataRoot
+    from geosurge.orchestration.retrain import EXIT_LOCKED, run_retrain
+    from geosurge.orchestration.retraining import BucketLock, Watermark
+
+    config = load_config(overrides=[f"data_root={tmp_path / 'store'}", f"output_dir={tmp_path / 'run'}"])
+    root = DataRoot(config.resolved_data_root)
+    storage.write_bytes(storage.join(root.incoming, "batch1.csv"), b"image_id,uri,lat,lon\na,/a.jpg,1.0,2.0\n")
+    with BucketLock(root.retrain_lock, ttl_s=60):
+        assert run_retrain(config) == EXIT_LOCKED == 75
+    assert "another retraining run is in progress" in capsys.readouterr().out
+    assert Watermark.load(root.retrain_watermark).ingested == []  # nothing was done
+    assert not (tmp_path / "run").exists()
+

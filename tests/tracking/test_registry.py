@@ -92,6 +92,7 @@ def test_every_input_form_gives_the_same_top_k_with_places(registered, tmp_path)
     import h3
     import pandas as pd
 
+    from geosurge.serving import ImageInput
     from tests.tracking.registry_helpers import photo_bytes
 
     _, _, model = registered
@@ -109,10 +110,16 @@ def test_every_input_form_gives_the_same_top_k_with_places(registered, tmp_path)
             assert c.place.name and len(c.place.country_code) == 2 and c.place.distance_km >= 0
     assert from_bytes[0].top_k != from_bytes[1].top_k  # different photos, different answers
 
+    assert_same(model.predict(pd.DataFrame({"image": photos, "image_id": ["a", "b"]})), from_bytes)  # extras ignored
+    # a uri row: the registered model reads none unless its serving config allows it (the owner's API reads local)
     table = pd.DataFrame({"image_id": ["a", "b"], "image": [photos[0], None], "uri": [None, str(tmp_path / "b.jpg")]})
-    assert_same(model.predict(table), from_bytes)  # a table with image bytes or a uri per row; other columns ignored
-    assert_same(model.predict(pd.DataFrame({"image": photos})), from_bytes)
-    assert_same(model.predict([{"uri": str(tmp_path / "b.jpg")}]), from_bytes[1:])  # records, as JSON sends them
+    with pytest.raises(Exception, match="uri refused"):
+        model.predict(table)
+    with pytest.raises(Exception, match="uri refused"):
+        model.predict([{"uri": str(tmp_path / "b.jpg")}])  # records, as JSON sends them
+    locator = model.unwrap_python_model().locator
+    assert_same(locator.predict_inputs([ImageInput(image=photos[0]), ImageInput(uri=str(tmp_path / "b.jpg"))],
+                                       4, trusted=True), from_bytes)
     top2 = model.predict(photos, params={"k": 2})
     assert [len(p.top_k) for p in top2] == [2, 2]
     assert_same(top2, [p.model_copy(update={"top_k": p.top_k[:2]}) for p in from_bytes])
@@ -150,7 +157,7 @@ def test_bad_inputs_are_refused_with_the_reason(registered, tmp_path):
     _, _, model = registered
     cases = [
         ([photo_bytes(1), b"GIF89a but not really"], "image 1"),  # names the offending image
-        ([str(tmp_path / "missing.jpg")], "not_found"),
+        ([str(tmp_path / "missing.jpg")], "uri refused: not an allowed image source"),  # serving reads no paths
         ([b""], "empty"),
         ([{"image": photo_bytes(1), "uri": "x.jpg"}], "exactly one"),
         ([{"image": "not base64!"}], "base64"),
@@ -198,9 +205,10 @@ def test_uri_inputs_from_s3_and_http(s3, tmp_path, monkeypatch):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/p.jpg"
-        from_uris = locator.predict_inputs([ImageInput(uri="s3://registry-test/photos/p.jpg"), ImageInput(uri=url)])
+        from_uris = locator.predict_inputs([ImageInput(uri="s3://registry-test/photos/p.jpg"), ImageInput(uri=url)],
+                                           trusted=True)  # the owner's own reads
         with pytest.raises(Exception, match="not_found"):
-            locator.predict_inputs([ImageInput(uri=url.replace("p.jpg", "gone.jpg"))])
+            locator.predict_inputs([ImageInput(uri=url.replace("p.jpg", "gone.jpg"))], trusted=True)
     finally:
         server.shutdown()
     expected = locator.predict_bytes([photo])[0]
@@ -228,3 +236,51 @@ def test_a_registered_model_loads_and_predicts_in_a_fresh_process_without_geosur
     assert out["k"] == 2
     assert -90 <= out["top"]["lat"] <= 90 and -180 <= out["top"]["lon"] <= 180
     assert out["top"]["place"]["country_code"]
+
+
+def test_registering_again_with_the_same_key_reuses_the_version_and_lineage_is_checked(mlflow_server, tmp_path):
+    """A job killed after registering and rerun in the same run registers nothing new (14.9); eval and retraining
+    refuse a version this pipeline did not register (14.14)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from geosurge.segmentation.segmenter import Segmenter
+    from geosurge.tracking.registry import check_lineage, log_and_register
+    from geosurge.tracking.runs import start_mlflow_run
+    from tests.tracking.registry_helpers import tracking_uri
+
+    name = "geosurge_idempotent_test"
+    config = tiny_config(tmp_path, mlflow_server, [f"tracking.registered_model={name}", f"data_root={tmp_path}/s"])
+    hierarchy = small_hierarchy()
+    state_dict = create_model(config.model, hierarchy).state_dict()
+    segmenter = Segmenter("random", config.ingest.label_grid)
+
+    def register(key: str) -> str:
+        return log_and_register(state_dict, config, hierarchy, segmenter, photo_bytes(0), idempotency_key=key,
+                                tags={"retrain.parent_version": "7"})[1]
+
+    with tracking_uri(mlflow_server):
+        run = start_mlflow_run(config)
+        try:
+            first = register("manifests-abc:run-1")
+            rerun = register("manifests-abc:run-1")  # the same work again (a rerun after a crash)
+            other = register("manifests-def:run-1")
+        finally:
+            mlflow.end_run()
+        client = MlflowClient()
+        assert rerun == first and other != first
+        assert sorted(v.version for v in client.search_model_versions(f"name='{name}'")) == sorted([first, other])
+        v = client.get_model_version(name, first)
+        assert v.tags["geosurge.source_run_id"] == run.info.run_id == v.run_id
+        assert v.tags["retrain.parent_version"] == "7"  # set with the version, not after it
+        check_lineage(name, first)
+        check_lineage(name, other)
+        # a version registered by hand from the same run's model: no lineage tags
+        foreign = mlflow.register_model(v.source, name)
+        with pytest.raises(ValueError, match="not registered by this pipeline: it has no geosurge.registered_by"):
+            check_lineage(name, foreign.version)
+        # one that copies the tags but not the run's record of it
+        client.set_model_version_tag(name, foreign.version, "geosurge.registered_by", "geosurge pipeline")
+        client.set_model_version_tag(name, foreign.version, "geosurge.source_run_id", v.run_id)
+        with pytest.raises(ValueError, match="does not name it"):
+            check_lineage(name, foreign.version)

@@ -142,3 +142,26 @@ def test_a_driver_killed_and_rerun_with_the_same_name_resumes_the_same_mlflow_ru
     assert final.info.status == "FINISHED"
     assert final.data.tags["train.resumed_after_epoch"] == "0"  # resumed after epoch 0, not restarted
     assert_one_run_with_each_step_once(client, run_id, 2, per_epoch, config.train.log_every_n_steps)
+
+
+@pytest.mark.slow
+def test_a_corrupt_latest_checkpoint_resumes_from_the_one_before(small_shards, tmp_path):
+    """Without the check every restart would fail loading the truncated file, until max_failures ends the run."""
+    overrides = ("run_name=corrupt-latest", "train.early_stopping_patience=null", "train.checkpoints_to_keep=2",
+                 "train.max_failures=0")
+    config = small_run_config(tmp_path, *overrides, "train.epochs=2")
+    train(config, small_shards.uri, small_shards.hierarchy, small_shards.hierarchy_uri)
+    storage = tmp_path / "ray_results" / config.run_name
+    checkpoints = sorted(p for p in storage.iterdir() if p.is_dir() and p.name.startswith("checkpoint_"))
+    assert len(checkpoints) == 2
+    (model_states,) = checkpoints[-1].glob("global_step*/mp_rank_00_model_states.pt")
+    model_states.write_bytes(model_states.read_bytes()[: model_states.stat().st_size // 2])
+
+    config = small_run_config(tmp_path, *overrides, "train.epochs=3")
+    run = start_mlflow_run(config)
+    result = train(config, small_shards.uri, small_shards.hierarchy, small_shards.hierarchy_uri, run.info.run_id)
+    mlflow.end_run()
+    per_epoch = steps_per_epoch(small_shards.rows["train"], config)
+    assert result.metrics["final_epoch"] == 2 and result.metrics["final_global_step"] == 3 * per_epoch
+    tags = MlflowClient(config.resolved_tracking_uri).get_run(run.info.run_id).data.tags
+    assert tags["train.resumed_after_epoch"] == "0"  # from epoch 0's checkpoint: not restarted, not the corrupt one

@@ -61,7 +61,6 @@ def test_mp16_csv_to_a_registered_model_evaluated_on_im2gps3k(s3, mlflow_server,
     host = http_folder(www)
 
     address, env = ray_head
-    job_env = {"AWS_ACCESS_KEY_ID": s3.access_key_id, "AWS_SECRET_ACCESS_KEY": s3.secret_access_key}
     bucket_root = f"s3://public-{time.time_ns()}/store"
     benchmark = (f"[{{name: im2gps3k, manifest: {benchmark_csv}, format: im2gps3k, "
                  f"images_root: {host}/im2gps3k}}]")
@@ -83,7 +82,7 @@ def test_mp16_csv_to_a_registered_model_evaluated_on_im2gps3k(s3, mlflow_server,
         args = ["--config", f"configs/{preset}.yaml", "--config", "configs/smoke.yaml",
                 *(arg for kv in settings for arg in ("--set", kv))]
         started = time.time()
-        code, log = submit_job(address, env, "workflows/full_pipeline.py", args, job_env)
+        code, log = submit_job(address, env, "workflows/full_pipeline.py", args)
         seconds[preset] = time.time() - started
         assert code == 0, log[-8000:]
         assert f"ingest: {TRAIN_PHOTOS} in = {TRAIN_PHOTOS} in shards + 0 quarantined" in log, log[-6000:]

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.workflows.workflow_helpers import SMALL_RUN
+from tests.workflows.workflow_helpers import SMALL_RUN, ray_internal_lines
 
 JOB_RUN = [
     *SMALL_RUN,
@@ -21,6 +21,12 @@ def test_full_pipeline_as_ray_job_registers_a_model_consumers_can_load(ray_head,
     assert "succeeded" in log.lower(), log[-3000:]
     assert "ingest: 240 in = 240 in shards + 0 quarantined" in log
     assert "RANDOMLY INITIALISED" in log  # the run says its segmenter is untrained
+    # A quiet console: stage headers, progress and the summary; Ray's internals are in the run's logs folder
+    assert not ray_internal_lines(log), "\n".join(ray_internal_lines(log)[:20])
+    assert "train [########################] 2/2 epochs" in log
+    assert f"logs: {run_dir / 'logs'}" in log
+    assert "[train] epoch 2/2" in (run_dir / "logs" / "workers.log").read_text()
+    print(f"\nRay job log: {len(log.splitlines())} lines")
 
     import mlflow
     from mlflow.tracking import MlflowClient

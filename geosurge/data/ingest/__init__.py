@@ -12,7 +12,8 @@ is killed resumes where it stopped.
    `_plans/<manifest>.json`).
 2. **Duplicate ids** (Ray tasks, one per bucket): every id of a bucket is in one task, so it sees all copies of
    an id; the first valid occurrence (by file, then row) is kept and the others are listed, by chunk and row,
-   in `IngestLayout.duplicates` (`_staging/<manifest>/duplicates.parquet`).
+   in `IngestLayout.duplicates` (`_staging/<manifest>/duplicates.parquet`). Ids already in the output's shards
+   (written by another manifest) count as kept before every row: a repeat of one is a `duplicate_id` too.
 3. **Ingest** (Ray Data, streaming): one input row per pending chunk → a fetch task validates the chunk
    (manifest.validate_rows, with the global duplicate list), fetches and decodes its images on a thread pool of
    `fetch_concurrency` (retries with backoff, counted) → the segmentation actor pool labels the rows that
@@ -26,7 +27,12 @@ rows are all there is skipped; a partial chunk's files are deleted and the chunk
 finished manifest rewrites nothing, a killed run finishes without duplicating or losing a row, and a second
 manifest ingested into the same output lands beside the first (its chunks have other names). `overwrite=True`
 clears the output first. A change to the settings that shape the output (image size, label grid, segmenter,
-shard rows, geocells) makes that manifest's chunks be redone.
+shard rows, geocells) makes that manifest's chunks be redone; an edited manifest is planned again and the chunks
+whose rows (or duplicate list) changed, by the digest kept per chunk in the plan, are redone.
+
+Untrusted input is bounded: every image read takes at most `ingest.max_image_bytes` and `ingest.fetch_deadline_s`
+(total, retries included), a chunk at most `ingest.chunk_timeout_s`, a decode at most `ingest.max_image_pixels`;
+a uri that leaves its images root (or, with `ingest.allowed_uri_prefixes`, is under none) is `bad_uri`.
 
 Shard rows: image_id, uri, lat, lon, split (+ any manifest label columns), image (JPEG bytes at `image_size`),
 label_map (uint8 bytes, label_grid × label_grid ADE20K ids), label_grid, and `cells` (list<int64>, the cell at

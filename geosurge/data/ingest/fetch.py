@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 import pyarrow as pa
@@ -38,14 +38,16 @@ _INTERNAL = [CHUNK, ROW, ORDER, RETRIES]
 
 def fetch_decode_chunks(batch: pa.Table, layout: IngestLayout, tag: str, has_duplicates: bool, spec: ImageSpec,
                         s3: storage.S3Config | None, policy: storage.RetryPolicy, concurrency: int,
-                        label_grid: int | None = None) -> pa.Table:
+                        label_grid: int | None = None, max_bytes: int | None = storage.DEFAULT_MAX_IMAGE_BYTES,
+                        allowed_prefixes: tuple[str, ...] = (), chunk_timeout_s: float | None = None) -> pa.Table:
     """Ray Data UDF, one input row per chunk: read the staged chunk (of the manifest staged under `tag`),
     validate it (manifest checks + the global duplicate list), fetch and decode the images of the valid rows on
     `concurrency` threads.
 
     Every row of the chunk comes out, with `image` (and with `label_grid`, the ground-truth `label_map` read from
-    `label_uri`), `stage`/`reason`/`detail` (null when the row is fine) and `_retries`."""
-    fetcher = storage.Fetcher(s3, policy, pool_size=concurrency)
+    `label_uri`), `stage`/`reason`/`detail` (null when the row is fine) and `_retries`. No read takes more than
+    `max_bytes` (too_large); rows not fetched and decoded within `chunk_timeout_s` are quarantined as `timeout`."""
+    fetcher = storage.Fetcher(s3, policy, pool_size=concurrency, max_bytes=max_bytes)
     out = []
     for name in batch.column("chunk").to_pylist():
         staged, chunk_retries = storage.with_retries(
@@ -59,7 +61,8 @@ def fetch_decode_chunks(batch: pa.Table, layout: IngestLayout, tag: str, has_dup
                 detail = np.full(staged.num_rows, None, dtype=object)
                 detail[dups.column(ROW).to_numpy()] = dups.column("detail").to_numpy(zero_copy_only=False)
                 known = pa.array(detail, pa.string())
-        rows = _fetch_rows(validate_rows(staged, known_duplicates=known), fetcher, spec, concurrency, label_grid)
+        rows = _fetch_rows(validate_rows(staged, known_duplicates=known, allowed_prefixes=allowed_prefixes), fetcher,
+                           spec, concurrency, label_grid, chunk_timeout_s)
         if chunk_retries and rows.num_rows:  # the chunk's own reads: counted on its first row
             retries = rows.column(RETRIES).to_numpy().copy()
             retries[0] += chunk_retries
@@ -79,7 +82,7 @@ def _chunk_duplicates(duplicates_uri: str, name: str, s3: storage.S3Config | Non
 
 
 def _fetch_rows(rows: pa.Table, fetcher: storage.Fetcher, spec: ImageSpec, concurrency: int,
-                label_grid: int | None) -> pa.Table:
+                label_grid: int | None, timeout_s: float | None = None) -> pa.Table:
     n = rows.num_rows
     reasons = rows.column("reason").to_pylist()
     stages, details = rows.column("stage").to_pylist(), rows.column("detail").to_pylist()
@@ -106,17 +109,30 @@ def _fetch_rows(rows: pa.Table, fetcher: storage.Fetcher, spec: ImageSpec, concu
             images[i] = None
 
     todo = [i for i in range(n) if reasons[i] is None]
+    late: set = set()
+    futures: dict = {}
     if todo:
-        with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(todo)))) as pool:
-            list(pool.map(one, todo))
-    rows = rows.drop_columns(STATUS_COLUMNS).append_column("image", pa.array(images, pa.binary()))
+        pool = ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(todo))))
+        futures = {pool.submit(one, i): i for i in todo}
+        late = wait(futures, timeout=timeout_s).not_done
+        # a chunk's total time is bounded too: what is not done by then is quarantined and its thread left behind
+        # (each read has its own deadline, so it ends soon); the copies below are what a late thread cannot touch
+        pool.shutdown(wait=False, cancel_futures=True)
+    out_images, out_maps, out_reasons = list(images), list(label_maps), list(reasons)
+    out_details, out_stages, out_retries = list(details), list(stages), list(retries)
+    for future in late:
+        i = futures[future]
+        out_images[i] = out_maps[i] = None
+        out_reasons[i], out_stages[i] = storage.TIMEOUT, FETCH_STAGE
+        out_details[i] = f"{storage.redact_uri(uris[i])}: not fetched and decoded within chunk_timeout_s={timeout_s}"
+    rows = rows.drop_columns(STATUS_COLUMNS).append_column("image", pa.array(out_images, pa.binary()))
     if label_grid:
-        grid = pa.array([label_grid if m is not None else None for m in label_maps], pa.int32())
-        rows = rows.append_column("label_map", pa.array(label_maps, pa.binary())).append_column("label_grid", grid)
-    return (rows.append_column("stage", pa.array(stages, pa.string()))
-            .append_column("reason", pa.array(reasons, pa.string()))
-            .append_column("detail", pa.array(details, pa.string()))
-            .append_column(RETRIES, pa.array(retries, pa.int32())))
+        grid = pa.array([label_grid if m is not None else None for m in out_maps], pa.int32())
+        rows = rows.append_column("label_map", pa.array(out_maps, pa.binary())).append_column("label_grid", grid)
+    return (rows.append_column("stage", pa.array(out_stages, pa.string()))
+            .append_column("reason", pa.array(out_reasons, pa.string()))
+            .append_column("detail", pa.array(out_details, pa.string()))
+            .append_column(RETRIES, pa.array(out_retries, pa.int32())))
 
 
 class SegmentLabelMaps:
@@ -157,7 +173,8 @@ def write_chunk_parts(batch: pa.Table, shards_uri: str, quarantine_uri: str, s3:
         if ok.num_rows:
             ok = ok.drop_columns([c for c in [*STATUS_COLUMNS, *_INTERNAL] if c in ok.column_names])
             if hierarchy is not None:
-                cells = hierarchy.assign(ok.column("lat").to_numpy(), ok.column("lon").to_numpy())
+                # training labels: -1 (IGNORE_CELL) where the build dropped the point's cell, never a far cell
+                cells = hierarchy.assign(ok.column("lat").to_numpy(), ok.column("lon").to_numpy(), nearest=False)
                 offsets = pa.array(np.arange(0, cells.size + 1, cells.shape[1], dtype=np.int32))
                 ok = ok.append_column("cells", pa.ListArray.from_arrays(offsets, pa.array(cells.ravel(), pa.int64())))
             retries += storage.write_parquet(ok, storage.join(shards_uri, part), s3, policy)

@@ -35,6 +35,7 @@ from geosurge.data.ingest.resume import (
     pending_chunks,
 )
 from geosurge.data.manifest import list_manifest_files, manifest_columns
+from geosurge.device import actor_num_gpus
 from geosurge.geo.geocells import GeocellHierarchy
 from geosurge.layout import IngestLayout
 from geosurge.segmentation.segmenter import (
@@ -140,7 +141,8 @@ class _Job:
     def __post_init__(self) -> None:
         config = self.config
         self.policy = storage.RetryPolicy(retries=config.fetch_retries, backoff_s=config.fetch_backoff_s,
-                                          max_backoff_s=config.fetch_max_backoff_s, timeout_s=config.fetch_timeout_s)
+                                          max_backoff_s=config.fetch_max_backoff_s, timeout_s=config.fetch_timeout_s,
+                                          deadline_s=config.fetch_deadline_s)
         self.threads = max(1, config.fetch_concurrency)
         self.tag = source_tag(self.manifest_uri)
         self.fingerprint = output_fingerprint(config, self.hierarchy, self.val_fraction)
@@ -187,9 +189,15 @@ def _open_plan(job: _Job) -> tuple[Plan, bool]:
         delete_chunks(plan.chunks, job.layout, job.s3)
         plan = None
     if plan is not None and job.retrying(lambda: _stamps(job)) != plan.stamps:
-        # Same chunk names, so chunks whose rows are all written stay; a grown last chunk and new ones are done.
+        # Same chunk names: a chunk whose rows (and duplicate list) are unchanged stays; an edited, grown or new
+        # one is done again, and one the manifest no longer has is removed from the output.
         log.warning("ingest: %s changed since it was planned: planning it again", job.manifest_uri)
-        plan = job.make_plan()
+        old, plan = plan, job.make_plan()
+        stale = {c: n for c, n in old.chunks.items() if c not in plan.chunks or old.digests.get(c) != plan.digests[c]}
+        if stale:
+            log.warning("ingest: %d chunk(s) of %s changed: redoing them", len(stale), job.manifest_uri)
+            job.retrying(lambda: delete_chunks(stale, job.layout, job.s3))
+        return plan, True
     if plan is None:
         return job.make_plan(), True
     return plan, False
@@ -216,7 +224,7 @@ def _manifest_format(plan: Plan) -> str:
 
 def _announce(job: _Job, plan: Plan, pending: list[str]) -> None:
     total_pending = sum(plan.chunks[c] for c in pending)
-    print(f"ingest: {job.manifest_uri}: {_manifest_format(plan) or 'geosurge'} manifest, {plan.rows} rows in "
+    print(f"ingest: {storage.redact_uri(job.manifest_uri)}: {_manifest_format(plan) or 'geosurge'} manifest, {plan.rows} rows in "
           f"{len(plan.chunks)} chunks, {plan.duplicates} duplicate ids; {len(plan.chunks) - len(pending)} chunks "
           f"already done, {len(pending)} to do ({total_pending} rows)", flush=True)
     for message in plan.warnings:
@@ -228,14 +236,17 @@ def _build_pipeline(job: _Job, plan: Plan, pending: list[str]) -> ray.data.Datas
     """One input row per pending chunk → fetch + decode → segment (unless the labels come from the manifest or
     none are wanted) → write; one summary row per chunk comes out."""
     config = job.config
-    spec = ImageSpec(size=config.image_size, max_pixels=config.max_image_pixels)
+    spec = ImageSpec(size=config.image_size, max_pixels=config.max_image_pixels,
+                     large_decode_pixels=config.large_decode_pixels)
     ds = ray.data.from_items([{"chunk": c} for c in pending], override_num_blocks=len(pending)).map_batches(
         fetch_decode_chunks,
         batch_size=1,
         batch_format="pyarrow",
         fn_kwargs={"layout": job.layout, "tag": job.tag, "has_duplicates": plan.duplicates > 0, "spec": spec,
                    "s3": job.s3, "policy": job.policy, "concurrency": config.fetch_concurrency,
-                   "label_grid": config.label_grid if job.ground_truth else None},
+                   "label_grid": config.label_grid if job.ground_truth else None,
+                   "max_bytes": config.max_image_bytes, "allowed_prefixes": tuple(config.allowed_uri_prefixes),
+                   "chunk_timeout_s": config.chunk_timeout_s},
         max_retries=3,  # also keeps this I/O stage out of the segmentation actors (different remote args)
     )
     if not job.ground_truth and config.segmenter != NO_SEGMENTER:
@@ -245,7 +256,7 @@ def _build_pipeline(job: _Job, plan: Plan, pending: list[str]) -> ray.data.Datas
             batch_size=None,  # a whole chunk per call, so each chunk is written as one shard file
             batch_format="pyarrow",
             compute=ActorPoolStrategy(size=config.segment_actors),
-            num_gpus=config.gpus_per_segment_actor,
+            num_gpus=actor_num_gpus(config.gpus_per_segment_actor, ray.cluster_resources().get("GPU", 0)),
         )
     return ds.map_batches(
         write_chunk_parts,

@@ -70,6 +70,7 @@ from geosurge.data.manifest.reading import (
 from geosurge.data.manifest.roots import resolve_images_root
 from geosurge.data.manifest.schema import (
     BAD_COORDINATES,
+    BAD_URI,
     DECODE_STAGE,
     DUPLICATE_ID,
     FETCH_STAGE,
@@ -95,6 +96,7 @@ from geosurge.data.manifest.writing import write_manifest, write_quarantine
 __all__ = [
     # schema
     "BAD_COORDINATES",
+    "BAD_URI",
     "DECODE_STAGE",
     "DUPLICATE_ID",
     "FETCH_STAGE",

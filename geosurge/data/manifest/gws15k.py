@@ -20,17 +20,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from geosurge.data.manifest.files import _parent_uri, _read_raw
-from geosurge.data.manifest.roots import _under_root, resolve_images_root
+from geosurge.data.manifest.roots import _relative_under_root, _under_root, _with_uri_problems, resolve_images_root
 from geosurge.data.manifest.schema import (
     _as_string,
     _blank_as_null,
     _conform_passing,
     _coord_column,
-    _join,
     _table_warnings,
     _with_warnings,
 )
-from geosurge.storage import S3Config, join
+from geosurge.storage import S3Config
 
 GWS15K = "gws15k"
 TEXT_COLUMNS = ("image_id", "uri", "img_id", "lat", "lon", "split")
@@ -60,16 +59,16 @@ def conform_gws15k_batch(batch: pa.Table, images_root: str, uri: str = "") -> pa
     picked = gws15k_columns(batch.column_names, uri)
     if picked["img_id"]:
         ids = _as_string(batch.column(picked["img_id"]))
-        uris = _join(join(images_root, ""), pc.utf8_ltrim(ids, "/"))  # as the public readers: never above the root
+        uris, uri_problems = _relative_under_root(images_root, ids)  # as the public readers: never above the root
     else:
         ids = _as_string(batch.column(picked["id"]))
-        uris = _under_root(images_root, _blank_as_null(_as_string(batch.column(picked["uri"]))))
+        uris, uri_problems = _under_root(images_root, _blank_as_null(_as_string(batch.column(picked["uri"]))))
     split = (pc.fill_null(_blank_as_null(_as_string(batch.column(picked["split"]))), "test") if picked["split"]
              else pa.array(["test"] * batch.num_rows, pa.string()))
     replace = {"image_id": ids, "uri": uris, "lat": _coord_column(batch.column(picked["lat"])),
                "lon": _coord_column(batch.column(picked["lon"])), "split": split}
     used = {c for c in picked.values() if c}
-    return _conform_passing(batch, used, replace, f"GWS15k file {uri}")
+    return _with_uri_problems(_conform_passing(batch, used, replace, f"GWS15k file {uri}"), uri_problems)
 
 
 def read_gws15k(uri: str, images_root: str | None = None, s3: S3Config | None = None) -> pa.Table:

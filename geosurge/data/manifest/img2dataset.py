@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from geosurge.data.manifest.files import _parent_uri, _read_raw
 from geosurge.data.manifest.holdout import train_where_unsplit
-from geosurge.data.manifest.roots import _under_root, resolve_images_root
+from geosurge.data.manifest.roots import _under_root, _with_uri_problems, resolve_images_root
 from geosurge.data.manifest.schema import (
     _as_string,
     _blank_as_null,
@@ -68,10 +68,11 @@ def conform_img2dataset_batch(batch: pa.Table, images_root: str, uri: str = "") 
         split = _blank_as_null(_as_string(batch.column(picked["split"])))
     else:
         split = pa.nulls(batch.num_rows, pa.string())
-    replace = {"image_id": ids, "uri": _under_root(images_root, urls), "lat": _coord_column(batch.column(picked["lat"])),
+    uris, uri_problems = _under_root(images_root, urls)  # URLs as written; local paths only under the root
+    replace = {"image_id": ids, "uri": uris, "lat": _coord_column(batch.column(picked["lat"])),
                "lon": _coord_column(batch.column(picked["lon"])), "split": split}
     used = {c for c in picked.values() if c}
-    return _conform_passing(batch, used, replace, f"img2dataset table {uri}")
+    return _with_uri_problems(_conform_passing(batch, used, replace, f"img2dataset table {uri}"), uri_problems)
 
 
 def read_img2dataset(uri: str, images_root: str | None = None, s3: S3Config | None = None) -> pa.Table:

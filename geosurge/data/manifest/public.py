@@ -21,23 +21,21 @@ from __future__ import annotations
 import warnings
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from geosurge.data.manifest.files import _parent_uri, _read_raw
-from geosurge.data.manifest.roots import resolve_images_root
+from geosurge.data.manifest.roots import _relative_under_root, _with_uri_problems, resolve_images_root
 from geosurge.data.manifest.schema import (
     _as_string,
     _coord_column,
     _coords,
     _float_column,
     _int_labels,
-    _join,
     _require_columns,
     _table_warnings,
     _with_warnings,
 )
 from geosurge.data.manifest.swap import check_latlon_swap
-from geosurge.storage import S3Config, join
+from geosurge.storage import S3Config
 
 _PUBLIC_FORMATS = ("mp16", "im2gps3k", "yfcc4k", "im2gps", "yfcc26k")
 # The role each public set plays in the literature: MP-16 is the training set, the others are benchmarks.
@@ -80,10 +78,10 @@ def conform_places365_batch(batch: pa.Table, dataset: str, images_root: str, lat
     if latlon_swapped:
         named_lat, named_lon = named_lon, named_lat
     img = _as_string(batch.column(by_lower["img_id"]))
-    prefix = join(images_root, "")  # root with its trailing separator
+    uris, uri_problems = _relative_under_root(images_root, img)  # `../x` never climbs out of the root
     cols: dict[str, pa.Array | pa.ChunkedArray] = {
         "image_id": img,
-        "uri": _join(prefix, pc.utf8_ltrim(img, "/")),
+        "uri": uris,
         "lat": _coord_column(named_lat),
         "lon": _coord_column(named_lon),
         "split": pa.array([_PUBLIC_SPLITS[dataset]] * batch.num_rows, pa.string()),
@@ -99,7 +97,7 @@ def conform_places365_batch(batch: pa.Table, dataset: str, images_root: str, lat
             raise ValueError(f"{dataset} file {uri}: column {name!r} clashes with manifest column {name.lower()!r}")
         col = batch.column(name)
         cols[name.lower()] = _float_column(col) if name.lower() in _PUBLIC_FLOATS else col
-    return _with_warnings(pa.table(cols), messages)
+    return _with_warnings(_with_uri_problems(pa.table(cols), uri_problems), messages)
 
 
 def read_places365_csv(

@@ -12,6 +12,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from geosurge.storage import BAD_URI
+
 # --------------------------------------------------------------------------------------------- schemas
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("image_id", "uri", "lat", "lon")
@@ -51,8 +53,11 @@ BAD_COORDINATES = "bad_coordinates"
 DUPLICATE_ID = "duplicate_id"
 MISSING_ID = "missing_id"
 MISSING_URI = "missing_uri"
+# BAD_URI (storage's own reason for a refused URI): leaves its images root or is under no allowed prefix
 # Order = priority: a row gets the first reason that applies, so each row is quarantined exactly once.
-REASONS: tuple[str, ...] = (MISSING_ID, MISSING_URI, BAD_COORDINATES, DUPLICATE_ID)
+REASONS: tuple[str, ...] = (MISSING_ID, MISSING_URI, BAD_URI, BAD_COORDINATES, DUPLICATE_ID)
+# A reader's verdict on a row's uri (null: fine), carried to validation, which quarantines and drops it.
+URI_PROBLEM = "_uri_problem"
 
 # 'auto' (reading.detect_format) tells the first four and img2dataset apart; im2gps, yfcc26k and gws15k share a
 # header with another format and are only read when named.

@@ -6,8 +6,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from geosurge.data.manifest.roots import uris_outside_prefixes
 from geosurge.data.manifest.schema import (
     BAD_COORDINATES,
+    BAD_URI,
     DUPLICATE_ID,
     MISSING_ID,
     MISSING_URI,
@@ -15,6 +17,7 @@ from geosurge.data.manifest.schema import (
     REASONS,
     REQUIRED_COLUMNS,
     STAGE,
+    URI_PROBLEM,
     ManifestReport,
     _array,
     _as_string,
@@ -60,7 +63,8 @@ def _coord_detail(name: str, c: _Coords, idx: np.ndarray, lo: int, hi: int) -> p
 # --------------------------------------------------------------------------------------------- validation
 
 
-def validate_rows(table: pa.Table, known_duplicates: pa.Array | None = None) -> pa.Table:
+def validate_rows(table: pa.Table, known_duplicates: pa.Array | None = None,
+                  allowed_prefixes: tuple[str, ...] = ()) -> pa.Table:
     """Every row of a manifest (or a batch of one), in input order, with its validation outcome; vectorised.
 
     The result holds the core columns normalised as in the clean manifest (`image_id`/`uri` text, `lat`/`lon`
@@ -70,6 +74,9 @@ def validate_rows(table: pa.Table, known_duplicates: pa.Array | None = None) -> 
     `known_duplicates`: None finds duplicate ids within `table` (the first valid occurrence is kept). A streaming
     stage that saw the whole manifest in a pre-pass passes a text array instead, one entry per row: the
     duplicate_id detail for rows that repeat an id kept elsewhere, null for the rest; no local search is done.
+
+    `bad_uri`: the reader found the uri leaving its images root (the URI_PROBLEM column, dropped here), or it is
+    under none of `allowed_prefixes` (`ingest.allowed_uri_prefixes`; empty: no restriction).
     """
     _require_columns(table.column_names, REQUIRED_COLUMNS, "manifest")
     n = table.num_rows
@@ -80,6 +87,11 @@ def validate_rows(table: pa.Table, known_duplicates: pa.Array | None = None) -> 
     uri_null = uris.is_null().to_numpy(zero_copy_only=False)
     id_blank = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(ids), ""), True).to_numpy(zero_copy_only=False)
     uri_blank = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(uris), ""), True).to_numpy(zero_copy_only=False)
+    uri_problem = uris_outside_prefixes(uris, tuple(allowed_prefixes))
+    if URI_PROBLEM in table.column_names:
+        uri_problem = pc.coalesce(_as_string(table.column(URI_PROBLEM)), uri_problem)
+        table = table.drop_columns([URI_PROBLEM])
+    uri_bad = uri_problem.is_valid().to_numpy(zero_copy_only=False)
     lat, lon = _coords(table.column("lat")), _coords(table.column("lon"))
     with np.errstate(invalid="ignore"):
         lat_ok = np.isfinite(lat.values) & (np.abs(lat.values) <= 90.0)
@@ -87,7 +99,8 @@ def validate_rows(table: pa.Table, known_duplicates: pa.Array | None = None) -> 
 
     # reason[i] = 1 + index into REASONS, 0 = keep
     reason = np.zeros(n, dtype=np.int8)
-    for code, bad in ((MISSING_ID, id_blank), (MISSING_URI, uri_blank), (BAD_COORDINATES, ~(lat_ok & lon_ok))):
+    for code, bad in ((MISSING_ID, id_blank), (MISSING_URI, uri_blank), (BAD_URI, uri_bad),
+                      (BAD_COORDINATES, ~(lat_ok & lon_ok))):
         reason[(reason == 0) & bad] = REASONS.index(code) + 1
 
     dup_detail: pa.Array | None = None
@@ -126,6 +139,7 @@ def validate_rows(table: pa.Table, known_duplicates: pa.Array | None = None) -> 
     choices = [
         pc.if_else(pa.array(id_null), "image_id is null", "image_id is empty"),
         pc.if_else(pa.array(uri_null), "uri is null", "uri is empty"),
+        uri_problem,
         pc.cast(bad_coords, pa.string()),
         pc.cast(dup_detail, pa.string()),
     ]
@@ -142,11 +156,11 @@ def validate_rows(table: pa.Table, known_duplicates: pa.Array | None = None) -> 
     return rows.append_column("stage", stage).append_column("reason", codes_arr).append_column("detail", detail)
 
 
-def manifest_row_ok(table: pa.Table) -> np.ndarray:
+def manifest_row_ok(table: pa.Table, allowed_prefixes: tuple[str, ...] = ()) -> np.ndarray:
     """bool per row: passes every check but the duplicate one (id, uri, coordinates). A streaming pre-pass keeps
     only these rows when it looks for duplicate ids, as `validate_manifest` does."""
     nulls = pa.nulls(table.num_rows, pa.string())
-    return validate_rows(table, known_duplicates=nulls).column("reason").is_null().to_numpy(zero_copy_only=False)
+    return validate_rows(table, nulls, allowed_prefixes).column("reason").is_null().to_numpy(zero_copy_only=False)
 
 
 def validate_manifest(table: pa.Table) -> tuple[pa.Table, pa.Table, ManifestReport]:
