@@ -118,3 +118,37 @@ def test_the_run_says_when_its_segmenter_is_random(tmp_path):
             PipelineJob(config, stage_keys(config), run).use_segmenter(StageRecord("segmenter", "k", {}, {"spec": spec}))
         tags = mlflow.get_run(run.info.run_id).data.tags
         assert (tags["segmenter"], tags["segmenter_random_init"]) == (spec, random_init)
+
+
+def test_geocells_never_see_a_test_or_held_out_coordinate(tmp_path):
+    """The hierarchy is built from training rows only: test rows (in a region no training row is near) get no cell
+    at any level, and the rows `data.val_fraction` holds out are not among the coordinates it was built from."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+
+    from geosurge.data.manifest.holdout import holdout_unit
+    from geosurge.geo.geocells import GeocellHierarchy
+
+    rng = np.random.default_rng(0)
+    n = 300
+    unsplit = pd.DataFrame({"image_id": [f"tr{i}" for i in range(n)], "uri": [f"{i}.jpg" for i in range(n)],
+                            "lat": rng.uniform(45, 50, n), "lon": rng.uniform(0, 8, n), "split": None})
+    test = pd.DataFrame({"image_id": [f"te{i}" for i in range(40)], "uri": [f"t{i}.jpg" for i in range(40)],
+                         "lat": rng.uniform(-35, -30, 40), "lon": rng.uniform(140, 150, 40), "split": "test"})
+    manifest = tmp_path / "photos.parquet"
+    pd.concat([unsplit, test]).to_parquet(manifest, index=False)
+    config = load_config(overrides=[f"output_dir={tmp_path}", f"data_root={tmp_path / 'store'}",
+                                    f"data.manifest={manifest}", "data.val_fraction=0.2",
+                                    "geocells.tau_max=[60, 20]", "geocells.tau_min=2"])
+    job = PipelineJob(config, stage_keys(config), run=None)
+    job.manifests = [str(manifest)]
+    job.make_geocells()
+    hierarchy = GeocellHierarchy.load(job.root.geocells)
+
+    lat, _ = job.train_coordinates
+    held_out = holdout_unit(pa.array(unsplit.image_id)) < 0.2
+    assert 0 < held_out.sum() < n and len(lat) == n - held_out.sum()
+    assert not np.isin(lat, test.lat).any() and not np.isin(lat, unsplit.lat[held_out]).any()
+    assert (hierarchy.assign(test.lat, test.lon) == -1).all()  # no cell anywhere near a test photo
+    assert (hierarchy.assign(unsplit.lat[~held_out], unsplit.lon[~held_out])[:, 0] >= 0).all()
