@@ -13,6 +13,8 @@ import traceback
 from geosurge.config import GeoWorldConfig, PipelineConfig, add_config_arguments, config_from_args
 from geosurge.data.geoworld import generate_geoworld
 from geosurge.errors import EXIT_USER_ERROR, UserError
+from geosurge.orchestration.retraining import EXIT_LOCKED, LockHeld
+from geosurge.redaction import redact_uri
 from geosurge.storage import S3Config
 
 
@@ -209,7 +211,7 @@ def _eval(args: argparse.Namespace) -> int:
     else:
         moved = "champion alias moved" if outcome.alias_moved else "champion alias unchanged"
         print(f"decision: {outcome.decision.action} — {outcome.decision.reason} ({moved})")
-    print(json.dumps({"mlflow_tracking_uri": config.resolved_tracking_uri, "mlflow_run_id": outcome.run_id,
+    print(json.dumps({"mlflow_tracking_uri": redact_uri(config.resolved_tracking_uri), "mlflow_run_id": outcome.run_id,
                       "decision": json.loads(outcome_json(outcome))["decision"]}, indent=2))
     return 0
 
@@ -286,6 +288,10 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"geosurge {args.command}: error: {e}", file=sys.stderr, flush=True)
         return EXIT_USER_ERROR
+    except LockHeld as e:  # another run holds a bucket lock (retraining, or the eval job's promotion lock)
+        print(f"geosurge {args.command}: another run holds the lock, so this one stops: {e}", file=sys.stderr,
+              flush=True)
+        return EXIT_LOCKED
     except Exception:  # noqa: BLE001 — a bug, not a mistake: its traceback on the console, whatever excepthook a library set
         traceback.print_exc()
         return 1

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from geosurge.config_parsing import apply_override, deep_update, from_dict
+from geosurge.redaction import redact_uri
 
 MAX_H3_RESOLUTION = 15  # H3's finest resolution
 
@@ -383,6 +384,7 @@ class PipelineConfig:
             for key in ("access_key_id", "secret_access_key"):
                 if d["s3"].get(key):
                     d["s3"][key] = "<hidden>"
+            d = _redact_uris(d)  # a presigned manifest URL, a tracking URI with user:pass@
         return d
 
     def to_yaml(self) -> str:
@@ -395,6 +397,14 @@ class PipelineConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PipelineConfig:
         return from_dict(cls, d)
+
+
+def _redact_uris(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _redact_uris(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_redact_uris(v) for v in value)
+    return redact_uri(value) if isinstance(value, str) else value
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:

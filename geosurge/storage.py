@@ -32,7 +32,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
-from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
+from urllib.parse import urlparse
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -41,6 +41,7 @@ import pyarrow.parquet as pq
 from geosurge.config import (
     S3Config,  # re-exported: callers annotate with storage.S3Config
 )
+from geosurge.redaction import REDACTED, redact_uri  # noqa: F401  re-exported: callers log through storage
 from geosurge.uri_access import UriAccess, UriRefused  # re-exported: readers take them from here
 
 T = TypeVar("T")
@@ -53,34 +54,6 @@ def is_s3(uri: str) -> bool:
 
 def is_http(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
-
-
-# Query parameters that carry a credential: presigned S3/GCS/Azure URLs, OAuth-style tokens, API keys.
-_SECRET_PARAM = re.compile(r"(?i)(signature|credential|security-token|token|secret|password|passwd|api[-_]?key|"
-                           r"^key$|^sig$|^se$|^sp$|^sv$|^skoid$|^sktid$|accesskeyid)")
-_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
-REDACTED = "REDACTED"
-
-
-def redact_uri(uri: str) -> str:
-    """`uri` (or any text holding URIs, e.g. an error message) as it may be logged: `user:pass@` and the values of
-    credential-bearing query parameters (X-Amz-Signature, X-Amz-Credential, tokens, keys) replaced by REDACTED."""
-    return _URL_IN_TEXT.sub(lambda m: _redact_one(m.group(0)), uri) if isinstance(uri, str) else uri
-
-
-def _redact_one(url: str) -> str:
-    try:
-        parsed = urlparse(url)
-    except ValueError:
-        return url
-    netloc = parsed.netloc
-    if "@" in netloc:
-        netloc = f"{REDACTED}@{netloc.rsplit('@', 1)[1]}"
-    query = parsed.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode([(k, REDACTED if _SECRET_PARAM.search(k) else v) for k, v in pairs], safe="/:")
-    return urlunparse(parsed._replace(netloc=netloc, query=query))
 
 
 def join(root: str, *parts: str) -> str:

@@ -62,13 +62,14 @@ class UriAccess:
         if "\\" in uri or any(part in (".", "..") for part in unquote(parsed.path).split("/")) or parsed.username:
             raise UriRefused("dot segments, backslashes or user info")
         restricted = not self.allow_local or self.allowed_prefixes  # untrusted: no prefix list means no uri
-        if restricted and not any(_under_prefix(parsed, urlparse(prefix)) for prefix in self.allowed_prefixes):
+        if restricted and not any(under_prefix(parsed, urlparse(prefix)) for prefix in self.allowed_prefixes):
             raise UriRefused("under no allowed prefix")
         if self.refuse_private_addresses and parsed.scheme.lower() in ("http", "https"):
             _refuse_private_host(parsed.hostname or "", parsed.port)
 
 
-def _under_prefix(uri, prefix) -> bool:
+def under_prefix(uri, prefix) -> bool:
+    """Parsed `uri` lies under parsed URL `prefix`: same scheme and host, then the path on a segment boundary."""
     # scheme and host compared exactly (so "http://a.com" never admits "http://a.com.evil.net"), then the path
     if not prefix.scheme or uri.scheme.lower() != prefix.scheme.lower() or uri.netloc.lower() != prefix.netloc.lower():
         return False

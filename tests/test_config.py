@@ -47,3 +47,16 @@ def test_an_exponent_without_a_dot_is_a_number_and_text_in_a_number_field_is_ref
     assert (config.train.lr, config.retrain.lr, config.data.val_fraction) == (1e-3, 5e-5, 2e-2)
     with pytest.raises(ValueError, match="lr: expected a number, got 'fast'"):
         load_config(overrides=["train.lr=fast"])
+
+
+def test_a_logged_config_shows_no_credential_inside_a_uri():
+    """What is logged (MLflow params, config.yaml, the model bundle) redacts every URI-borne credential; the run
+    itself keeps them."""
+    manifest = "https://photos.example.com/mp16.csv?X-Amz-Credential=AKIAX&X-Amz-Signature=deadbeef&v=2"
+    config = load_config(overrides=[f"data.manifest={manifest}",
+                                    "tracking.tracking_uri=http://alice:hunter2@mlflow:5000"])
+    shown = config.to_yaml()
+    assert "deadbeef" not in shown and "AKIAX" not in shown and "hunter2" not in shown
+    assert "photos.example.com/mp16.csv" in shown and "v=2" in shown and "mlflow:5000" in shown
+    assert config.to_dict(redact_secrets=False)["data"]["manifest"] == manifest
+    assert config.resolved_tracking_uri == "http://alice:hunter2@mlflow:5000"

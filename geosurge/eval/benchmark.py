@@ -165,11 +165,12 @@ class Predictor:
     that could not be read (its prediction columns are null). `ten_crop`: average over the 10 test-time views."""
 
     def __init__(self, model_uri: str, tracking_uri: str, s3: storage.S3Config | None = None,
-                 ten_crop: bool = False, policy: storage.RetryPolicy | None = None):
+                 ten_crop: bool = False, policy: storage.RetryPolicy | None = None,
+                 max_bytes: int = storage.DEFAULT_MAX_IMAGE_BYTES):
         from geosurge.tracking.registry import load_locator
 
         self.locator = load_locator(model_uri, tracking_uri)
-        self.fetcher = storage.Fetcher(s3, policy or storage.RetryPolicy())
+        self.fetcher = storage.Fetcher(s3, policy or storage.RetryPolicy(), max_bytes=max_bytes)
         self.ten_crop = ten_crop
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -238,7 +239,8 @@ def evaluate_benchmarks(
         .repartition(max(1, min(64, -(-rows.num_rows // batch_size))))
         .map_batches(
             Predictor,
-            fn_constructor_args=(load_uri, tracking_uri, config.s3, config.eval.ten_crop, retry_policy(config)),
+            fn_constructor_args=(load_uri, tracking_uri, config.s3, config.eval.ten_crop, retry_policy(config),
+                                 config.ingest.max_image_bytes),
             batch_size=batch_size,
             batch_format="pyarrow",
             compute=ActorPoolStrategy(size=config.eval.actors),

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from geosurge import storage
 from geosurge.config import PipelineConfig
 from geosurge.eval.benchmark import (
     BenchmarkResult,
@@ -20,7 +21,7 @@ from geosurge.eval.benchmark import (
     evaluate_benchmarks,
     resolve_model_uri,
 )
-from geosurge.eval.promotion import PromotionDecision, decide_on_benchmarks, promote
+from geosurge.eval.promotion import PromotionDecision, decide_on_benchmarks, interrupted_promotion, promote
 from geosurge.geo.metrics import format_metrics_table
 from geosurge.tracking.model_card import record_benchmarks
 from geosurge.tracking.runs import log_dataset, start_mlflow_run
@@ -160,18 +161,24 @@ def _log_plots(outcome: EvalOutcome, config: PipelineConfig) -> None:
                                    title=f"{name}: challenger v{outcome.challenger_version or '?'} median error by "
                                          f"region (H3 resolution 0; numbers: images per region)")
             locator = locator or load_locator(r.model_uri, config.resolved_tracking_uri)  # one load, every benchmark
-            belief = _belief_sample(Path(tmp, f"belief_{name}.png"), r, locator, config, outcome.challenger_version)
-            for figure in (world, accuracy, regions, belief):
+            figures = [world, accuracy, regions]
+            try:  # reads the sample's images again: a picture must never cost the decision that follows
+                figures.append(_belief_sample(Path(tmp, f"belief_{name}.png"), r, locator, config,
+                                              outcome.challenger_version))
+            except Exception as e:  # noqa: BLE001
+                print(f"WARNING: no belief map for {name}: {storage.redact_uri(str(e))}", flush=True)
+            for figure in figures:
                 mlflow.log_artifact(str(figure), "plots")
 
 
 def _belief_sample(path: Path, r: BenchmarkResult, locator, config: PipelineConfig, version: str | None) -> Path:
     """Belief maps of the challenger on the first `BELIEF_SAMPLES` evaluated images of a benchmark, truth marked."""
-    from geosurge import storage
     from geosurge.eval import plots
+    from geosurge.eval.benchmark import retry_policy
 
     sample = r.predictions.head(BELIEF_SAMPLES)
-    beliefs = locator.beliefs_bytes([storage.read_bytes(uri, config.s3, config.ingest.max_image_bytes) for uri in sample.uri])
+    fetcher = storage.Fetcher(config.s3, retry_policy(config), max_bytes=config.ingest.max_image_bytes)
+    beliefs = locator.beliefs_bytes([fetcher.read(uri)[0] for uri in sample.uri])
     panels = [plots.BeliefPanel(b.lat, b.lon, b.prob, b.cell, top_k=config.eval.top_k, true_lat=row.lat,
                                 true_lon=row.lon, title=f"{r.name} v{version or '?'}: {row.image_id}")
               for b, row in zip(beliefs, sample.itertuples())]
@@ -200,6 +207,8 @@ def run_eval_job(config: PipelineConfig, model_uri: str | None = None,
     champion_version = current_version(registered_model, config.eval.champion_alias, client)
     for v in {version, champion_version} - {None}:
         check_lineage(registered_model, v, client)
+        if interrupted := interrupted_promotion(registered_model, v, client):  # a crashed eval job before this one
+            print(f"WARNING: {interrupted}", flush=True)
     benchmarks = config.eval.benchmarks
     decision_benchmark = config.eval.decision_benchmark or benchmarks[0].name
     if decision_benchmark not in {b.name for b in benchmarks}:

@@ -290,7 +290,7 @@ def summarise(config: PipelineConfig, records: dict[str, StageRecord], started: 
         "shards": records["ingest"].outputs["shards"],
         "quarantine": records["ingest"].outputs["quarantine"],
         "checkpoint": records["train"].outputs["checkpoint"],
-        "mlflow_tracking_uri": config.resolved_tracking_uri,
+        "mlflow_tracking_uri": storage.redact_uri(config.resolved_tracking_uri),
         "mlflow_run_id": register["mlflow_run_id"],
         "logs": console.log_dir(),
         "model": f"{register['model_uri']} (version {register['version']})",

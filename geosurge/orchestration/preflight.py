@@ -28,7 +28,7 @@ def check_reachable(url: str, what: str, setting: str) -> None:
         socket.create_connection((parsed.hostname or "", port), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as e:
         reason = e.strerror or type(e).__name__
-        raise UserError(f"{what} {url} is unreachable ({reason})",
+        raise UserError(f"{what} {storage.redact_uri(url)} is unreachable ({reason})",
                         f"start it, or fix {setting} (and check the network between here and there)") from None
 
 
@@ -74,7 +74,7 @@ def check_tracking_database(tracking_uri: str) -> None:
         return
     path = Path(tracking_uri[len("sqlite:///"):])
     if not path.is_file() or path.stat().st_size == 0:
-        raise UserError(f"no MLflow database at {path} (tracking URI {tracking_uri})",
+        raise UserError(f"no MLflow database at {path} (tracking URI {storage.redact_uri(tracking_uri)})",
                         "give the database a pipeline run wrote, e.g. sqlite:///runs/demo/mlflow.db after `make "
                         "demo` (tracking.tracking_uri, --tracking-uri or MLFLOW_TRACKING_URI)")
 
@@ -94,14 +94,16 @@ def check_model_registered(model_uri: str, tracking_uri: str) -> None:
         model = client.get_registered_model(name)
     except MlflowException:
         names = sorted(r.name for r in client.search_registered_models())
-        raise UserError(f"no model named {name!r} is registered at {tracking_uri}",
+        raise UserError(f"no model named {name!r} is registered at {storage.redact_uri(tracking_uri)}",
                         f"registered models: {names or 'none'}; `geosurge run` registers one") from None
     versions = sorted((v.version for v in client.search_model_versions(f"name='{name}'")), key=int)
     known = f"versions {versions}, aliases {dict(sorted(model.aliases.items())) or 'none'}"
     if m["alias"] and m["alias"] not in model.aliases:
-        raise UserError(f"model {name!r} has no alias @{m['alias']} at {tracking_uri}", f"it has {known}")
+        raise UserError(f"model {name!r} has no alias @{m['alias']} at {storage.redact_uri(tracking_uri)}",
+                        f"it has {known}")
     if m["version"] and m["version"] not in versions:
-        raise UserError(f"model {name!r} has no version {m['version']} at {tracking_uri}", f"it has {known}")
+        raise UserError(f"model {name!r} has no version {m['version']} at {storage.redact_uri(tracking_uri)}",
+                        f"it has {known}")
 
 
 def check_run(config: PipelineConfig) -> None:

@@ -29,6 +29,7 @@ from geosurge import storage
 from geosurge.config import PipelineConfig
 from geosurge.layout import DataRoot
 from geosurge.orchestration.retraining import (
+    EXIT_LOCKED,
     BucketLock,
     IncomingManifest,
     LockHeld,
@@ -50,8 +51,6 @@ from geosurge.tracking.registry import check_lineage, find_version_by_key, load_
 from geosurge.tracking.runs import start_mlflow_run
 from geosurge.train.trainer import consolidated_state_dict
 
-EXIT_LOCKED = 75  # EX_TEMPFAIL: try again later
-
 
 def run_retrain(config: PipelineConfig) -> int:
     """One retraining run under the bucket lock; returns the exit code."""
@@ -66,6 +65,9 @@ def run_retrain(config: PipelineConfig) -> int:
         return retrain(config, root, lock)
     except LockLost as e:
         print(f"retrain: this run lost the lock, so it stops here without writing more: {e}", flush=True)
+        return EXIT_LOCKED
+    except LockHeld as e:  # the eval job's promotion lock: the version stays registered; the next run evaluates it
+        print(f"retrain: another eval job is deciding, so this run stops before its eval: {e}", flush=True)
         return EXIT_LOCKED
     finally:
         lock.release()

@@ -24,6 +24,8 @@ import pyarrow.fs as pafs
 from geosurge import storage
 from geosurge.data.manifest import is_manifest_name
 
+EXIT_LOCKED = 75  # EX_TEMPFAIL: another run holds the lock (or took it over); try again later
+
 
 class LockHeld(RuntimeError):
     """Another run holds the lock."""
@@ -247,13 +249,17 @@ class BucketLock:
             self.info, self._etag = info, etag
 
     def _renew_until_stopped(self) -> None:
-        while not self._stop.wait(max(0.05, self.ttl_s / 3)):
+        period = max(0.05, self.ttl_s / 3)
+        wait = period
+        while not self._stop.wait(wait):
             try:
                 self.renew()
+                wait = period
             except LockLost:
                 return
-            except Exception as e:  # noqa: BLE001 - storage briefly unreachable: retry; the lease lasts ttl_s
+            except Exception as e:  # noqa: BLE001 - storage briefly unreachable: retry soon; the lease lasts ttl_s
                 print(f"WARNING: could not renew the lock {self.uri}: {e}", flush=True)
+                wait = min(period, 10.0)  # not a whole period: two blips in a row must not outlive the lease
 
     def check(self) -> None:
         """The fencing check before a write the lock guards: `LockLost` unless the lock file holds this lease
@@ -273,7 +279,7 @@ class BucketLock:
             self._beat.join()
             self._beat = None
         with self._state:
-            if self.info is not None and self._etag is not None:
+            if self.info is not None and self._etag is not None and not self.lost:
                 self.file.delete(self._etag)  # never deletes a lock someone else took over
             self.info, self._etag = None, None
 

@@ -90,7 +90,7 @@ def register_model(state_dict: dict, config: PipelineConfig, hierarchy: GeocellH
     was trained, and in which training run) gives the version's idempotency key, so a rerun of the same work
     reuses the version it registered before a crash (see `idempotency_key`)."""
     example_image = read_split(shards_uri, example_split, config.s3).take(1)[0]["image"]
-    key = idempotency_key(work_key)
+    key = idempotency_key(work_key) if work_key else None  # no key: nothing to reuse, a new version
     model_uri, version = log_and_register(state_dict, config, hierarchy, segmenter, example_image,
                                           shards_uri=shards_uri, checkpoint_uri=checkpoint_uri,
                                           idempotency_key=key, tags=tags)
@@ -98,10 +98,15 @@ def register_model(state_dict: dict, config: PipelineConfig, hierarchy: GeocellH
     return model_uri, version
 
 
+# An eval job is minutes long and its heartbeat renews the lease every third of this; a killed one blocks
+# promotion for at most this long (the retraining lock's hours would block every eval behind a crash).
+PROMOTION_LOCK_TTL_S = 900.0
+
+
 def promotion_lock(config: PipelineConfig) -> BucketLock:
     """The lock every eval job holds from reading the champion to moving it (`<data_root>/eval/`); LockHeld
     (with who holds it) when another eval job is deciding."""
-    return BucketLock(DataRoot(config.resolved_data_root).promotion_lock, config.retrain.lock_ttl_s, config.s3)
+    return BucketLock(DataRoot(config.resolved_data_root).promotion_lock, PROMOTION_LOCK_TTL_S, config.s3)
 
 
 def idempotency_key(work_key: str) -> str:

@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 
 import geosurge
 from geosurge.config import PipelineConfig
+from geosurge.errors import UserError
 from geosurge.geo.geocells import GeocellHierarchy
 from geosurge.layout import DataRoot
 from geosurge.segmentation.segmenter import Segmenter
@@ -127,13 +128,15 @@ def find_version_by_key(name: str, idempotency_key: str) -> str | None:
 
     try:
         found = MlflowClient().search_model_versions(f"name='{name}' and tags.`{IDEMPOTENCY_TAG}`='{idempotency_key}'")
-    except MlflowException:  # no such model yet
-        return None
+    except MlflowException as e:
+        if e.error_code == "RESOURCE_DOES_NOT_EXIST":  # no such model yet
+            return None
+        raise  # a server error must not read as "never registered": that would register a duplicate
     return str(min(int(v.version) for v in found)) if found else None
 
 
 def check_lineage(name: str, version: str, client: MlflowClient | None = None) -> None:
-    """Refuse (ValueError, saying why) a version this pipeline did not register: it must carry the lineage tags
+    """Refuse (UserError, saying why) a version this pipeline did not register: it must carry the lineage tags
     set at registration, and its source run must name it back. Eval and retraining load only such versions."""
     client = client or MlflowClient()
     v = client.get_model_version(name, str(version))
@@ -147,8 +150,10 @@ def check_lineage(name: str, version: str, client: MlflowClient | None = None) -
         if client.get_run(v.run_id).data.tags.get(registered_run_tag(name, version)) != "true":
             why = f"its source run {v.run_id} does not name it ({registered_run_tag(name, version)})"
     if why:
-        raise ValueError(f"{name} version {version} was not registered by this pipeline: {why}. Eval and "
-                         "retraining load only versions the pipeline registered (full_pipeline or retrain).")
+        raise UserError(f"{name} version {version} was not registered by this pipeline: {why}",
+                        "eval and retraining load only versions the pipeline registered (geosurge run or retrain); "
+                        "for a version registered before lineage tags existed, register it again with "
+                        "`geosurge run --force register`, or evaluate another version")
 
 
 def _log_training_data(config: PipelineConfig, shards_uri: str | None) -> dict | None:

@@ -497,3 +497,8 @@ def test_our_format_takes_optional_allowed_uri_prefixes() -> None:
     rows = validate_rows(table, allowed_prefixes=("s3://photos/in/", "/data/in/"))
     assert rows["reason"].to_pylist() == [None, "bad_uri", "bad_uri", "bad_uri"]
     assert "allowed_uri_prefixes" in rows["detail"][1].as_py()
+    # a prefix without its trailing slash still ends on a boundary: a sibling bucket or host is not under it
+    lookalikes = pa.table({"image_id": ["e", "f", "g"], "lat": [1.0] * 3, "lon": [2.0] * 3,
+                           "uri": ["s3://photos-x/e.jpg", "https://img.example.com.evil.net/f.jpg", "/data/inbox/g.jpg"]})
+    rows = validate_rows(lookalikes, allowed_prefixes=("s3://photos", "https://img.example.com", "/data/in"))
+    assert rows["reason"].to_pylist() == ["bad_uri"] * 3

@@ -246,7 +246,7 @@ def test_full_pipeline_entry_point_exists_and_takes_config_and_set():
     _check_entry_point("full_pipeline")
 
 
-def test_retrain_entry_point_exists_and_takes_config_and_set__fails_until_workflows_retrain_py_lands():
+def test_retrain_entry_point_exists_and_takes_config_and_set():
     """The RayCronJob runs workflows/retrain.py (written separately, with full_pipeline.py's CLI)."""
     _check_entry_point("retrain")
 

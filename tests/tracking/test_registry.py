@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from geosurge.errors import UserError
 from geosurge.models import create_model
 from tests.models.model_helpers import small_hierarchy
 from tests.tracking.registry_helpers import photo_bytes, register_tiny, tiny_config
@@ -277,10 +278,10 @@ def test_registering_again_with_the_same_key_reuses_the_version_and_lineage_is_c
         check_lineage(name, other)
         # a version registered by hand from the same run's model: no lineage tags
         foreign = mlflow.register_model(v.source, name)
-        with pytest.raises(ValueError, match="not registered by this pipeline: it has no geosurge.registered_by"):
+        with pytest.raises(UserError, match="not registered by this pipeline: it has no geosurge.registered_by"):
             check_lineage(name, foreign.version)
         # one that copies the tags but not the run's record of it
         client.set_model_version_tag(name, foreign.version, "geosurge.registered_by", "geosurge pipeline")
         client.set_model_version_tag(name, foreign.version, "geosurge.source_run_id", v.run_id)
-        with pytest.raises(ValueError, match="does not name it"):
+        with pytest.raises(UserError, match="does not name it"):
             check_lineage(name, foreign.version)

@@ -6,13 +6,14 @@ from __future__ import annotations
 import os
 import posixpath
 import re
-from urllib.parse import unquote
+from urllib.parse import unquote, urlparse
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from geosurge.data.manifest.schema import URI_PROBLEM, _as_string
 from geosurge.storage import join, redact_uri
+from geosurge.uri_access import under_prefix
 
 # A URL (s3://, http(s)://, file://, gs://, ...) or an absolute local path: a reference that needs no root.
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -74,9 +75,16 @@ def uris_outside_prefixes(uris: pa.Array, prefixes: tuple[str, ...]) -> pa.Array
         return pa.nulls(len(uris), pa.string())
     out = []
     for uri in _as_string(uris).to_pylist():
-        ok = uri is None or (any(uri.startswith(p) for p in prefixes) and ".." not in unquote(uri).split("/"))
+        ok = uri is None or (any(_under(uri, p) for p in prefixes) and ".." not in unquote(uri).split("/"))
         out.append(None if ok else f"uri {redact_uri(uri)} is under no allowed prefix (ingest.allowed_uri_prefixes)")
     return pa.array(out, pa.string())
+
+
+def _under(uri: str, prefix: str) -> bool:
+    # on a boundary: "s3://photos" never admits "s3://photos-x/…", nor "https://a.com" "https://a.com.evil.net/…"
+    if "://" in prefix:
+        return under_prefix(urlparse(uri), urlparse(prefix))
+    return uri == prefix or uri.startswith(prefix if prefix.endswith("/") else prefix + "/")
 
 
 def _with_uri_problems(table: pa.Table, problems: pa.Array) -> pa.Table:
