@@ -113,6 +113,7 @@ def test_the_run_says_when_its_segmenter_is_random(tmp_path):
 
     config = load_config(overrides=[f"output_dir={tmp_path}", f"data_root={tmp_path / 'store'}"])
     mlflow.set_tracking_uri(config.resolved_tracking_uri)
+    mlflow.set_experiment("segmenter-tag")  # not the experiment an earlier test made active in another database
     for spec, random_init in (("random", "True"), ("random-oneformer", "True"), (str(tmp_path / "seg"), "False")):
         with mlflow.start_run() as run:
             PipelineJob(config, stage_keys(config), run).use_segmenter(StageRecord("segmenter", "k", {}, {"spec": spec}))
