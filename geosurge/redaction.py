@@ -5,7 +5,7 @@ so that the config can redact itself when it is logged."""
 from __future__ import annotations
 
 import re
-from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
+from urllib.parse import parse_qsl, urlencode, urlparse
 
 # Query parameters that carry a credential: presigned S3/GCS/Azure URLs, OAuth-style tokens, API keys.
 _SECRET_PARAM = re.compile(r"(?i)(signature|credential|security-token|token|secret|password|passwd|api[-_]?key|"
@@ -21,15 +21,17 @@ def redact_uri(uri: str) -> str:
 
 
 def _redact_one(url: str) -> str:
+    # edits the text in place: a round trip through urlunparse would turn sqlite:////abs/path into sqlite://abs/path
     try:
         parsed = urlparse(url)
     except ValueError:
         return url
-    netloc = parsed.netloc
-    if "@" in netloc:
-        netloc = f"{REDACTED}@{netloc.rsplit('@', 1)[1]}"
-    query = parsed.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode([(k, REDACTED if _SECRET_PARAM.search(k) else v) for k, v in pairs], safe="/:")
-    return urlunparse(parsed._replace(netloc=netloc, query=query))
+    out = url
+    if "@" in parsed.netloc:
+        out = out.replace(parsed.netloc.rsplit("@", 1)[0] + "@", f"{REDACTED}@", 1)
+    if parsed.query:
+        pairs = parse_qsl(parsed.query, keep_blank_values=True)
+        if any(_SECRET_PARAM.search(k) for k, _ in pairs):
+            query = urlencode([(k, REDACTED if _SECRET_PARAM.search(k) else v) for k, v in pairs], safe="/:")
+            out = out.replace(parsed.query, query, 1)
+    return out

@@ -190,6 +190,8 @@ def test_redact_uri_hides_user_info_and_presigned_credentials():
     assert "u:p" not in storage.redact_uri(text) and "zz" not in storage.redact_uri(text)
     assert storage.redact_uri("/data/images/a.jpg") == "/data/images/a.jpg"
     assert storage.redact_uri("s3://bucket/key.jpg") == "s3://bucket/key.jpg"
+    for plain in ("sqlite:////tmp/runs/mlflow.db", "file:///data/a%20b.jpg", "https://h/x?b=2&a=1#frag"):
+        assert storage.redact_uri(plain) == plain  # nothing secret: the text is untouched, not re-serialised
 
 
 def test_fetch_failures_carry_redacted_details(loopback):
