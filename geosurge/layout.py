@@ -138,6 +138,11 @@ class RunFolder:
         """What the console leaves out: Ray, Ray Data, Ray Train, DeepSpeed and transformers output."""
         return str(Path(self.root, "logs").absolute())
 
+    @property
+    def summary(self) -> str:
+        """The finished run's summary (JSON): where everything is, for scripts; the console names it."""
+        return str(Path(self.root, "summary.json").absolute())
+
     def segmenter(self, key: str) -> str:
         """The segmenter the `segmenter` stage trains, by its stage key."""
         return str(Path(self.root, "segmenter", key).absolute())

@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import json
 import time
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -282,7 +283,7 @@ def summarise(config: PipelineConfig, records: dict[str, StageRecord], started: 
     if console.log_dir():
         print(f"logs: {console.log_dir()} (driver.log: Ray, Ray Data, MLflow, DeepSpeed, transformers; workers.log: "
               "the Ray workers' output; --verbose shows them on the console)")
-    print(json.dumps({
+    summary = {
         "data_root": config.resolved_data_root,
         "manifests": [storage.redact_uri(m) for m in records["data"].summary["manifests"]],
         "segmenter": records["segmenter"].summary["spec"],
@@ -296,5 +297,10 @@ def summarise(config: PipelineConfig, records: dict[str, StageRecord], started: 
         "model": f"{register['model_uri']} (version {register['version']})",
         "aliases": {alias: f"version {v}" for alias, v in aliases},
         "stages": {n: r.key for n, r in records.items()},
-    }, indent=2))
+    }
+    summary_path = Path(RunFolder(config.output_dir).summary)
+    summary_path.parent.mkdir(parents=True, exist_ok=True)
+    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"model: {summary['model']}; " + ", ".join(f"@{alias}: {v}" for alias, v in summary["aliases"].items()))
+    print(f"summary: {summary_path} (data root, shards, quarantine, checkpoint, MLflow run, stage keys)")
     return 0

@@ -1,6 +1,7 @@
 """The full pipeline's stage keys and refusals, without running it: what a changed setting or a changed manifest
 redoes, and the settings refused before anything starts."""
 
+import json
 import os
 
 import pytest
@@ -99,6 +100,9 @@ def test_a_finished_rerun_does_nothing_and_says_so(tmp_path, capsys, monkeypatch
     out = capsys.readouterr().out
     assert "nothing to do" in out and "=== 1/7" not in out  # no stage header: nothing ran
     assert ray_starts == []
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())  # where everything is, for scripts
+    assert summary["model"] == "models:/geosurge@challenger (version 1)" and summary["shards"].endswith("shards")
+    assert f"summary: {tmp_path / 'run' / 'summary.json'}" in out and '"data_root"' not in out
 
 
 def test_the_oracle_segmenter_is_refused_before_anything_is_written(tmp_path):

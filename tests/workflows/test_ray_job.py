@@ -1,5 +1,7 @@
 """The whole pipeline submitted as a Ray job to a real local Ray head, then consumed from the MLflow registry."""
 
+import json
+
 import pytest
 
 from tests.workflows.workflow_helpers import SMALL_RUN, ray_internal_lines
@@ -25,6 +27,7 @@ def test_full_pipeline_as_ray_job_registers_a_model_consumers_can_load(ray_head,
     assert not ray_internal_lines(log), "\n".join(ray_internal_lines(log)[:20])
     assert "train [########################] 2/2 epochs" in log
     assert f"logs: {run_dir / 'logs'}" in log
+    assert json.loads((run_dir / "summary.json").read_text())["model"].endswith("(version 1)")
     assert "[train] epoch 2/2" in (run_dir / "logs" / "workers.log").read_text()
     print(f"\nRay job log: {len(log.splitlines())} lines")
 
