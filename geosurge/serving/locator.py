@@ -82,24 +82,20 @@ class GeoLocator:
         for an input that is not a usable image."""
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
-        arrays = self._decode_all(images)
-        predictions: list[Prediction] = []
-        batch = max(1, self.config.eval.batch_size)
-        for start in range(0, len(arrays), batch):
-            out = self.predict_arrays(np.stack(arrays[start:start + batch]), k)
-            predictions += predictions_from_arrays(out, self.finest_h3)
-        return predictions
+        return [p for out in self._batch_outputs(images, k) for p in predictions_from_arrays(out, self.finest_h3)]
 
     def beliefs_bytes(self, images: list[bytes]) -> list[Belief]:
         """Encoded images → the model's probability of every candidate (finest cell, or gallery point), for
         belief maps. Raises `ImageRejected` like `predict_bytes`."""
+        return [b for out in self._batch_outputs(images, ALL_CANDIDATES)
+                for b in beliefs_from_arrays(out, self.finest_h3)]
+
+    def _batch_outputs(self, images: list[bytes], k: int) -> list[dict[str, np.ndarray]]:
+        """Every image decoded first (a bad one fails the call before any inference), then inference in batches
+        of `eval.batch_size`: one output dict per batch."""
         arrays = self._decode_all(images)
-        beliefs: list[Belief] = []
         batch = max(1, self.config.eval.batch_size)
-        for start in range(0, len(arrays), batch):
-            out = self.predict_arrays(np.stack(arrays[start:start + batch]), ALL_CANDIDATES)
-            beliefs += beliefs_from_arrays(out, self.finest_h3)
-        return beliefs
+        return [self.predict_arrays(np.stack(arrays[start:start + batch]), k) for start in range(0, len(arrays), batch)]
 
     def _decode_all(self, images: list[bytes]) -> list[np.ndarray]:
         arrays = []
