@@ -230,11 +230,16 @@ class AugmentConfig:
     saturation: float = 0.1
 
 
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+
+
 @dataclass
 class TrainConfig:
     num_workers: int = 2
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
+    # Ray's placement of the workers: PACK (fewest nodes), SPREAD (across nodes, best effort), STRICT_PACK/_SPREAD
+    placement_strategy: str = "PACK"
     zero_stage: int = 2
     zero3_param_persistence_threshold: int = 100_000  # ZeRO-3 keeps smaller parameters whole (DeepSpeed's default)
     bf16: bool = False
@@ -249,13 +254,20 @@ class TrainConfig:
     early_stopping_patience: int | None = 4  # stop after this many epochs without val gain (paper: 4); None: never
     early_stopping_min_delta: float = 0.0  # a gain is a val loss below the best by more than this
     checkpoints_to_keep: int = 1  # best checkpoints kept by val loss; the latest is always kept too (for resume)
-    storage_path: str | None = None  # Ray Train checkpoints; None: <output_dir>/ray_results; s3://… with our S3 settings
+    # Ray Train checkpoints (s3://… with our S3 settings). None: <data_root>/checkpoints when the data root is on S3
+    # (every node sees them: no shared disk), else <output_dir>/ray_results
+    storage_path: str | None = None
     max_failures: int = 2  # worker-group restarts from the latest checkpoint after a lost worker
     log_every_n_steps: int = 10  # per-step MLflow metrics every N optimizer steps (rank 0)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     # a torch state dict (local path or s3://) the model starts from instead of its initialisation: fine-tuning
     # (the retraining job points it at the champion's weights); a resumed run takes its checkpoint instead
     init_weights: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.placement_strategy not in PLACEMENT_STRATEGIES:
+            raise ValueError(f"train.placement_strategy must be one of {', '.join(PLACEMENT_STRATEGIES)}, "
+                             f"got {self.placement_strategy!r}")
 
 
 @dataclass

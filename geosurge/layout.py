@@ -6,7 +6,9 @@ A data root is a local folder or an `s3://` prefix. It is the only state that th
       geoworld/                 the generated GeoWorld (images/, labels/, manifest.parquet, geoworld.json)
       manifests/                copies of manifests given by http(s):// URL (data.manifest), read from here
       geocells.parquet          the geocell hierarchy built from the training coordinates
+      segmenter/<key>/          the segmenter the pipeline trains (ingest.segmenter=geoworld), by its stage key
       ingest/                   an ingest output (see IngestLayout): shards/, quarantine/, ...
+      checkpoints/<run name>/   Ray Train's checkpoints (a bucket data root, train.storage_path unset)
       incoming/                 where new manifests land for scheduled retraining
       retrain/                  the retraining job's lock, watermark and the champion's geocells and weights
       _stages/<stage>.json      what each pipeline stage made, and from which config
@@ -87,9 +89,19 @@ class DataRoot:
         name = url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or "manifest.csv"
         return join(self.root, "manifests", hashlib.sha1(url.encode()).hexdigest()[:8], name)
 
+    def segmenter(self, key: str) -> str:
+        """The segmenter the `segmenter` stage trains, by its stage key: in the data root, so the segmentation
+        actors of every node (each copies it once to its own cache) and later runs on other machines find it."""
+        return join(self.root, "segmenter", key)
+
     @property
     def ingest(self) -> IngestLayout:
         return IngestLayout(join(self.root, "ingest"))
+
+    @property
+    def checkpoints(self) -> str:
+        """Ray Train's checkpoints when the data root is a bucket and `train.storage_path` is unset."""
+        return join(self.root, "checkpoints")
 
     @property
     def stages(self) -> str:
@@ -142,7 +154,3 @@ class RunFolder:
     def summary(self) -> str:
         """The finished run's summary (JSON): where everything is, for scripts; the console names it."""
         return str(Path(self.root, "summary.json").absolute())
-
-    def segmenter(self, key: str) -> str:
-        """The segmenter the `segmenter` stage trains, by its stage key."""
-        return str(Path(self.root, "segmenter", key).absolute())

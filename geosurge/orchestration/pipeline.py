@@ -180,7 +180,7 @@ class PipelineJob:
         config = self.config
         if config.ingest.segmenter != GEOWORLD_SEGMENTER:
             return {}, {"spec": config.ingest.segmenter, "trained_here": False}
-        folder = RunFolder(config.output_dir).segmenter(self.keys["segmenter"])
+        folder = self.root.segmenter(self.keys["segmenter"])
         seg_config = dataclasses.replace(config.segmenter, image_size=config.ingest.image_size,
                                          label_grid=config.ingest.label_grid)
         result = train_geoworld_segmenter(self.manifests[0], folder, seg_config, self.s3)  # prints its progress

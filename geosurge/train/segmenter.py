@@ -25,6 +25,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -32,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import torch
 import torch.nn.functional as F
 
@@ -284,10 +287,9 @@ def train_geoworld_segmenter(
 ) -> SegmenterTrainResult:
     """Train a SegFormer on the manifest's train split against its ground-truth label maps, evaluate it on the
     val split, and save a transformers checkpoint (+ image processor + `geosurge_metrics.json`) in
-    `output_dir`, a local folder (what `load_segmenter` and `ingest.segmenter=<folder>` take)."""
+    `output_dir`, a local folder or an s3:// prefix (what `load_segmenter` and `ingest.segmenter=` take; on s3://
+    every node's segmentation actors copy it to their own cache)."""
     config = config or SegmenterTrainConfig()
-    if storage.is_s3(output_dir):
-        raise ValueError("output_dir must be a local folder: transformers loads checkpoints from a local path or a hub")
     start = time.perf_counter()
 
     def say(message: str) -> None:
@@ -359,14 +361,16 @@ def train_geoworld_segmenter(
 
         val_scores = evaluate_segmenter(model, val, config.label_grid, config.eval_batch_size, processor)
         majority, baseline = majority_class_scores(train, val)
-        os.makedirs(output_dir, exist_ok=True)
-        model.eval().save_pretrained(output_dir)
-        processor.save_pretrained(output_dir)
+        # transformers saves to a local folder only: an s3:// output is written here first, then uploaded
+        local_dir = tempfile.mkdtemp(prefix="segmenter-") if storage.is_s3(output_dir) else output_dir
+        os.makedirs(local_dir, exist_ok=True)
+        model.eval().save_pretrained(local_dir)
+        processor.save_pretrained(local_dir)
     finally:
         torch.set_num_threads(previous_threads)
 
     result = SegmenterTrainResult(
-        output_dir=os.path.abspath(output_dir),
+        output_dir=output_dir if storage.is_s3(output_dir) else os.path.abspath(output_dir),
         train_images=len(train),
         val_images=len(val),
         skipped_images=train.skipped + val.skipped,
@@ -380,7 +384,13 @@ def train_geoworld_segmenter(
         majority_baseline=baseline,
         config={**asdict(config), "manifest_uri": manifest_uri},
     )
-    with open(os.path.join(output_dir, METRICS_FILE), "w") as f:
+    with open(os.path.join(local_dir, METRICS_FILE), "w") as f:
         json.dump(result.to_dict(), f, indent=2)
+    if local_dir != output_dir:
+        fs, path = storage.resolve(output_dir.rstrip("/"), s3)
+        try:
+            pafs.copy_files(local_dir, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+        finally:
+            shutil.rmtree(local_dir, ignore_errors=True)
     say(result.summary())
     return result

@@ -9,8 +9,9 @@ Fault tolerance: a lost worker makes Ray restart the worker group from the lates
 `train.max_failures` times); a driver started again with the same run name and storage path resumes from it
 too (a latest checkpoint that does not read back whole is passed over for the one before: `checkpoints.py`).
 The checkpoint's client state carries the epoch, the optimizer step counter and the early-stopping state.
-Checkpoints live under `train.storage_path` (default `<output_dir>/ray_results`; `s3://…` through our S3
-filesystem, so every node sees them without a shared file system).
+Checkpoints live under `train.storage_path` (default: `<data_root>/checkpoints` when the data root is on S3, else
+`<output_dir>/ray_results`); `s3://…` goes through our S3 filesystem, so every node sees the checkpoints without a
+shared file system.
 
 The loop each worker runs is `geosurge.train.worker`; this module is the driver's side.
 """
@@ -31,7 +32,7 @@ from geosurge import storage
 from geosurge.config import PipelineConfig
 from geosurge.data.shards import model_dataset, split_rows
 from geosurge.geo.geocells import GeocellHierarchy
-from geosurge.layout import RunFolder
+from geosurge.layout import DataRoot, RunFolder
 from geosurge.train.augment import augmented
 from geosurge.train.worker import (
     DEFAULT_EXTENSIONS_DIR,
@@ -88,6 +89,7 @@ def build_trainer(
             num_workers=tc.num_workers,
             use_gpu=tc.use_gpu,
             resources_per_worker={"CPU": tc.cpus_per_worker},
+            placement_strategy=tc.placement_strategy,
         ),
         run_config=RunConfig(
             name=config.run_name,
@@ -133,16 +135,25 @@ def checkpoint_storage(config: PipelineConfig) -> tuple[str, pafs.FileSystem | N
     """Where Ray Train keeps the run's checkpoints: (path, filesystem) for its RunConfig. On s3:// (every node sees
     it: no shared file system needed) the filesystem is ours, so custom endpoints (SeaweedFS, MinIO) work; it
     pickles without keys, and each worker reads them from its AWS chain."""
-    uri = config.train.storage_path or RunFolder(config.output_dir).ray_results
+    uri = checkpoint_root(config)
     if storage.is_s3(uri):
         return storage.resolve(uri, config.s3)[1], storage.s3_filesystem(config.s3)
     return uri, None
 
 
+def checkpoint_root(config: PipelineConfig) -> str:
+    """`train.storage_path`; unset: beside the data when the data root is a bucket (the state a cluster shares),
+    else the driver's own output folder."""
+    if config.train.storage_path:
+        return config.train.storage_path
+    if storage.is_s3(config.resolved_data_root):
+        return DataRoot(config.resolved_data_root).checkpoints
+    return RunFolder(config.output_dir).ray_results
+
+
 def _uri(checkpoint: Checkpoint, config: PipelineConfig) -> str:
     """A checkpoint's location as our storage names it (`s3://bucket/…` on S3, a local path otherwise)."""
-    s3 = storage.is_s3(config.train.storage_path or "")
-    return f"s3://{checkpoint.path}" if s3 else checkpoint.path
+    return f"s3://{checkpoint.path}" if storage.is_s3(checkpoint_root(config)) else checkpoint.path
 
 
 def consolidated_state_dict(checkpoint_path: str, s3: storage.S3Config | None = None) -> dict[str, torch.Tensor]:

@@ -310,6 +310,23 @@ def test_mlflow_server_as_deployed_keeps_runs_and_registry_in_postgres_and_artif
     body = s3.get_object(Bucket=destination.netloc, Key=config_key)["Body"].read().decode()
     assert "experiment: infra-test" in body
 
+    # A large artifact (a ViT-L's fp32 weights are 1.2 GB) goes up in parts: the server advertises multipart for its
+    # S3 destination and presigns each part; the client, still without S3 credentials, PUTs the parts. The
+    # threshold (500 MiB by default) is lowered here so that 12 MiB make 3 parts of S3's minimum part size.
+    monkeypatch.setenv("MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE", str(5 << 20))
+    monkeypatch.setenv("MLFLOW_MULTIPART_UPLOAD_CHUNK_SIZE", str(5 << 20))
+    weights = tmp_path / "model.pt"
+    weights.write_bytes(random.randbytes(12 << 20))
+    client.log_artifact(run.info.run_id, str(weights), "model")
+    (weights_key,) = [o["Key"] for o in s3.list_objects_v2(Bucket=destination.netloc,
+                                                          Prefix=destination.path.strip("/"))["Contents"]
+                      if run.info.run_id in o["Key"] and o["Key"].endswith("/model/model.pt")]
+    uploaded = s3.get_object(Bucket=destination.netloc, Key=weights_key)
+    # S3 ends a multipart object's ETag with its part count: 3 parts of 5 MiB (one PUT of the same file: "-2",
+    # SeaweedFS's own 8 MiB chunks)
+    assert uploaded["ETag"].strip('"').endswith("-3"), uploaded["ETag"]
+    assert uploaded["Body"].read() == weights.read_bytes()
+
 
 @pytest.mark.slow
 def test_mlflow_server_accepts_the_host_the_ray_pods_use_and_rejects_others(mlflow_server, tmp_path):

@@ -1,66 +1,37 @@
-"""A real Ray head on loopback for the workflow tests, and `ray job submit` against it."""
+"""A real Ray head, or a head with worker nodes, on loopback for the workflow tests; `ray job submit` against it."""
 
 import json
-import os
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import psutil
 import pytest
+
+from tests.workflows.ray_nodes import start_cluster, start_head
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@pytest.fixture
+def ray_head():
+    """`ray start --head` on loopback with its own temp dir and ports; stopped by killing only its own processes."""
+    head = start_head(num_cpus=4)
+    try:
+        yield head.dashboard, head.env
+    finally:
+        head.remove()
 
 
 @pytest.fixture
-def ray_head():
-    """`ray start --head` on loopback with its own temp dir; stopped by killing only its own processes
-    (`ray stop` would also stop other Ray instances on the machine)."""
-    bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled",
-           "RAY_USAGE_STATS_ENABLED": "0"}
-    temp_dir = tempfile.mkdtemp(prefix="gsray", dir="/tmp")  # short: Ray's socket paths have a length limit
-    dashboard = _free_port()
-    # Every port explicit and free: Ray's fixed defaults (10001, 52365, …) would clash with any other Ray here.
-    ports = {flag: _free_port() for flag in (
-        "--port", "--ray-client-server-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
-        "--runtime-env-agent-port", "--metrics-export-port", "--node-manager-port", "--object-manager-port")}
-    head = subprocess.run(
-        [str(bin_dir / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--dashboard-port={dashboard}",
-         "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--num-cpus=4", f"--temp-dir={temp_dir}",
-         "--disable-usage-stats", *(f"{flag}={port}" for flag, port in ports.items())],
-        check=False, env=env, capture_output=True, text=True, timeout=180,
-    )
-    assert head.returncode == 0, head.stdout + head.stderr
+def ray_cluster():
+    """A Ray cluster on this machine: a head with no CPUs for work and three worker nodes of 2 CPUs, each its own
+    `ray start` with its own temp dir (session, logs, copy of the job's code). Yields a RayCluster."""
+    cluster = start_cluster(nodes=3, cpus_per_node=2)
     try:
-        yield f"http://127.0.0.1:{dashboard}", env
+        yield cluster
     finally:
-        # The head's processes and all their descendants (agents retitle themselves "ray::…").
-        marks = (temp_dir, f":{ports['--port']}")  # the client server names only the GCS address
-        roots = [p for p in psutil.process_iter(["cmdline"]) if any(m in " ".join(p.info["cmdline"] or []) for m in marks)]
-        for proc in {q for p in roots for q in [p, *_descendants(p)]}:
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
-        shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def _descendants(proc: psutil.Process) -> list[psutil.Process]:
-    try:
-        return proc.children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
+        cluster.remove()
 
 
 @pytest.fixture
