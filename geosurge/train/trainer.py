@@ -24,6 +24,7 @@ import warnings
 from dataclasses import dataclass
 
 import pyarrow.fs as pafs
+import ray
 import torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
@@ -76,6 +77,9 @@ def build_trainer(
         datasets["val"] = model_dataset(shards_uri, tc.val_split, hierarchy, config.s3)
     worker_config = dataclasses.replace(config, s3=config.s3.without_secrets())
     storage_path, storage_filesystem = checkpoint_storage(config)
+    unshared = unshared_checkpoints_warning(checkpoint_root(config), alive_nodes())
+    if unshared:
+        warnings.warn(unshared, stacklevel=3)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -149,6 +153,22 @@ def checkpoint_root(config: PipelineConfig) -> str:
     if storage.is_s3(config.resolved_data_root):
         return DataRoot(config.resolved_data_root).checkpoints
     return RunFolder(config.output_dir).ray_results
+
+
+def alive_nodes() -> int:
+    """The Ray cluster's live nodes (1 before Ray starts: `train` then starts a local one)."""
+    return sum(1 for node in ray.nodes() if node.get("Alive")) if ray.is_initialized() else 1
+
+
+def unshared_checkpoints_warning(root: str, nodes: int) -> str | None:
+    """What to tell a user whose checkpoints go to a local folder on a cluster of several nodes: each node would
+    write its workers' part to its own disk, and a resume or the registration would find them incomplete, unless the
+    folder is one file system mounted at the same path everywhere."""
+    if nodes <= 1 or storage.is_s3(root):
+        return None
+    return (f"checkpoints go to the local folder {root} on a cluster of {nodes} nodes: unless it is one shared file "
+            "system mounted at the same path on every node, use an s3:// data_root (checkpoints go beside the data) "
+            "or set train.storage_path=s3://…")
 
 
 def _uri(checkpoint: Checkpoint, config: PipelineConfig) -> str:

@@ -11,13 +11,21 @@ import torch
 from mlflow.tracking import MlflowClient
 from ray.train.torch import TorchTrainer
 
+from geosurge.config import load_config
 from geosurge.data.shards import read_split, to_model_batch
 from geosurge.eval.evaluate import evaluate_split
 from geosurge.models import create_model
 from geosurge.segmentation.segmenter import Segmenter
 from geosurge.tracking.registry import load_locator, log_and_register
 from geosurge.tracking.runs import start_mlflow_run
-from geosurge.train.trainer import TrainState, build_trainer, consolidated_state_dict, train
+from geosurge.train.trainer import (
+    TrainState,
+    build_trainer,
+    checkpoint_root,
+    consolidated_state_dict,
+    train,
+    unshared_checkpoints_warning,
+)
 from tests.tracking import registry_helpers
 from tests.train.train_helpers import small_run_config, steps_per_epoch
 
@@ -194,6 +202,17 @@ def test_zero3_partitions_over_two_workers_and_consolidates_to_the_engines_model
         out = model(batch)
     torch.testing.assert_close(out["embedding"], engine["embedding"], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(out["loss"], engine["loss"], rtol=1e-4, atol=1e-5)
+
+
+def test_a_local_checkpoint_folder_on_a_cluster_of_several_nodes_is_warned_about(tmp_path):
+    on_s3 = load_config(overrides=[f"output_dir={tmp_path}", "data_root=s3://bucket/store"])
+    local = load_config(overrides=[f"output_dir={tmp_path}"])
+    assert checkpoint_root(on_s3) == "s3://bucket/store/checkpoints"  # beside the data: every node sees it
+    assert checkpoint_root(local) == str(tmp_path / "ray_results")
+    assert unshared_checkpoints_warning(checkpoint_root(on_s3), nodes=4) is None
+    assert unshared_checkpoints_warning(checkpoint_root(local), nodes=1) is None  # one machine: its own disk is fine
+    warning = unshared_checkpoints_warning(checkpoint_root(local), nodes=4)
+    assert warning and "4 nodes" in warning and "train.storage_path=s3://" in warning
 
 
 @pytest.mark.slow
