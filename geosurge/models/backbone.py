@@ -191,9 +191,15 @@ class Backbone(nn.Module):
         return self
 
     def pixels(self, image: torch.Tensor) -> torch.Tensor:
+        """Normalised pixels in the weights' dtype: DeepSpeed's bf16 casts the parameters but keeps buffers (the
+        pixel statistics) in fp32, so normalising alone would hand an fp32 image to bf16 weights."""
         if image.dtype == torch.uint8:
             image = image.permute(0, 3, 1, 2).to(self.pixel_mean.dtype).div(255)
-        return (image - self.pixel_mean) / self.pixel_std
+        return ((image - self.pixel_mean) / self.pixel_std).to(self.weight_dtype)
+
+    @property
+    def weight_dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
 
     def image_features(self, image: torch.Tensor) -> torch.Tensor:
         """[B, feature_dim]: one vector per image. With a projection (CLIP: timm's head is CLIP's image projection),

@@ -56,6 +56,30 @@ def test_train_step_and_inference(name, hierarchy, gallery):
 
 
 @pytest.mark.parametrize("name", list_models())
+def test_train_step_and_inference_with_bf16_parameters_and_fp32_buffers(name, hierarchy, gallery):
+    """`train.bf16` as DeepSpeed does it: parameters cast to bf16, buffers (pixel statistics, cell tables) kept
+    in fp32, the batch as the trainer feeds it (uint8 images)."""
+    torch.manual_seed(0)
+    config = ModelConfig(name=name, backbone_kwargs=TINY_VIT, embed_dim=16, fusion_heads=2,
+                         geoclip=GeoClipConfig(gallery=gallery, pretrained_location_encoder=False))
+    model = create_model(config, HierarchySpec.from_hierarchy(hierarchy))
+    for p in model.parameters():
+        p.data = p.data.to(torch.bfloat16)
+    assert any(b.dtype == torch.float32 for b in model.buffers())
+    batch = random_batch(hierarchy, n=4, seed=2)
+
+    model.train()
+    loss = model(batch)["loss"]
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.bfloat16
+               for p in model.parameters() if p.requires_grad)
+    model.eval()
+    out = model.predict(batch, k=3)
+    assert torch.isfinite(out["score"]).all() and ((out["lat"].abs() <= 90) & (out["lon"].abs() <= 180)).all()
+
+
+@pytest.mark.parametrize("name", list_models())
 def test_ten_crop_keeps_the_output_shapes_and_changes_the_prediction(name, hierarchy, gallery):
     torch.manual_seed(0)
     config = ModelConfig(name=name, backbone_kwargs=TINY_VIT, embed_dim=16, fusion_heads=2,

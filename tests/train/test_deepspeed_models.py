@@ -26,9 +26,9 @@ def process_group():
     torch.distributed.destroy_process_group()
 
 
-@pytest.mark.parametrize("zero_stage", [2, 3])
+@pytest.mark.parametrize("zero_stage, bf16", [(2, False), (3, False), (2, True)])  # bf16: the GPU recipe's setting
 @pytest.mark.parametrize("name", list_models())
-def test_model_trains_under_deepspeed(process_group, name, zero_stage, tmp_path):
+def test_model_trains_under_deepspeed(process_group, name, zero_stage, bf16, tmp_path):
     import deepspeed
 
     gallery = tmp_path / "gallery.csv"
@@ -40,7 +40,7 @@ def test_model_trains_under_deepspeed(process_group, name, zero_stage, tmp_path)
                     geoclip=GeoClipConfig(gallery=str(gallery), pretrained_location_encoder=False)),
         HierarchySpec.from_hierarchy(hierarchy),
     )
-    config = deepspeed_config(TrainConfig(batch_size=4, zero_stage=zero_stage))
+    config = deepspeed_config(TrainConfig(batch_size=4, zero_stage=zero_stage, bf16=bf16))
     engine, _, _, _ = deepspeed.initialize(
         model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=config)
     batch = random_batch(hierarchy, n=4)
