@@ -4,7 +4,7 @@ Everything that reads or writes data goes through `resolve`, which turns a URI i
 a path on it. The same filesystem object is handed to Ray Data (`filesystem=`), so a driver, a Ray task and a
 test all see the same bytes. S3 settings come from `S3Config` (endpoint, region) and the standard AWS
 credential chain; credentials are never printed or logged. Image URLs in manifests may also be `http(s)://`
-(read with `requests`).
+(a `Fetcher` reads them with urllib3; the one-off helpers with `requests`).
 
 Fetching many objects (`Fetcher`) retries with exponential backoff and full jitter on throttling (S3
 SlowDown/503, HTTP 429), other 5xx answers, connection errors and timeouts, and never on a missing object or a
@@ -28,15 +28,18 @@ import socket
 import stat as stat_mode
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import urlparse
 
+import certifi
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+import urllib3
 
 from geosurge.config import (
     S3Config,  # re-exported: callers annotate with storage.S3Config
@@ -134,7 +137,7 @@ def read_bytes(uri: str, s3: S3Config | None = None, max_bytes: int | None = Non
             if response.status_code in (404, 410):
                 raise FileNotFoundError(f"{redact_uri(uri)}: HTTP {response.status_code}")
             response.raise_for_status()
-            return _read_http_body(response, uri, max_bytes, None)
+            return _read_http_body(response.raw, uri, max_bytes, None)
     fs, path = resolve(uri, s3)
     if max_bytes is None:
         with fs.open_input_stream(path, compression=None) as f:
@@ -245,11 +248,12 @@ def _read_capped(read: Callable[[int], bytes], uri: str, max_bytes: int | None, 
 
 
 def _read_http_body(response, uri: str, max_bytes: int | None, deadline: float | None) -> bytes:
+    """The body of a urllib3 response (`requests`' `response.raw`), within `max_bytes` and `deadline`."""
     length = response.headers.get("Content-Length", "")
     if max_bytes is not None and length.isdigit() and int(length) > max_bytes:
         raise TooLarge(f"{redact_uri(uri)}: {length} bytes exceeds the {max_bytes}-byte limit")
     # read1: whatever has arrived (decoded), so the deadline is checked while a body trickles in
-    return _read_capped(lambda n: response.raw.read1(n, decode_content=True), uri, max_bytes, deadline)
+    return _read_capped(lambda n: response.read1(n, decode_content=True), uri, max_bytes, deadline)
 
 
 @dataclass(frozen=True)
@@ -312,6 +316,14 @@ def classify(error: BaseException) -> tuple[str, bool]:
         if error.status == 408:
             return TIMEOUT, True
         return FETCH_ERROR, error.status == 429 or error.status >= 500
+    if isinstance(error, urllib3.exceptions.HTTPError):  # the Fetcher's HTTP client
+        if isinstance(error, urllib3.exceptions.NewConnectionError):  # before TimeoutError: it subclasses one
+            return FETCH_ERROR, True
+        if isinstance(error, urllib3.exceptions.TimeoutError):
+            return TIMEOUT, True
+        # a malformed URL or a corrupt Content-Encoding does not mend; a reset or cut-short body may
+        permanent = (urllib3.exceptions.LocationValueError, urllib3.exceptions.DecodeError)
+        return FETCH_ERROR, not isinstance(error, permanent)
     if requests is not None and isinstance(error, requests.Timeout):
         return TIMEOUT, True
     if requests is not None and isinstance(error, requests.ConnectionError):
@@ -360,8 +372,11 @@ def with_retries(action: Callable[[], T], policy: RetryPolicy, what: str = "",
 class Fetcher:
     """Reads many objects (local, s3://, http(s)://) from many threads, with `RetryPolicy` retries.
 
-    One per task: it holds one S3 filesystem with the SDK's own retries off (so every retry is ours and is
-    counted) and one HTTP session with a connection pool of `pool_size`."""
+    It holds one S3 filesystem with the SDK's own retries off (so every retry is ours and is counted) and one
+    urllib3 pool manager keeping up to `pool_size` keep-alive connections per host, so consecutive images from one
+    host reuse a connection. HTTP goes through urllib3 itself, not `requests`: a requests call spends more CPU on
+    settings (proxy environment, cookies, hooks) than the request takes (ingest profile: ~0.6 ms against ~0.2 ms
+    per image, as much as decoding it). Proxies come from the environment (HTTP(S)_PROXY, NO_PROXY), read once."""
 
     def __init__(self, s3: S3Config | None, policy: RetryPolicy, pool_size: int = 16,
                  max_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES, access: UriAccess | None = None):
@@ -372,7 +387,12 @@ class Fetcher:
         self.access = access or UriAccess()
         self._lock = threading.Lock()
         self._s3fs: pafs.FileSystem | None = None
-        self._session = None
+        self._proxies = urllib.request.getproxies_environment()
+        self._pools: dict[str | None, urllib3.PoolManager] = {}  # by proxy URL (None: direct)
+        # urllib3 follows redirects itself (dropping credentials across hosts); refused ones come back as 3xx
+        self._retries = urllib3.Retry(total=None, connect=0, read=0, status=0, other=0,
+                                      redirect=30 if self.access.follow_redirects else False,
+                                      raise_on_redirect=False)
 
     def _s3(self) -> pafs.FileSystem:
         with self._lock:
@@ -380,32 +400,45 @@ class Fetcher:
                 self._s3fs = s3_filesystem(self.s3, max_attempts=1, timeout_s=self.policy.timeout_s)
             return self._s3fs
 
-    def _http(self):
+    def _http(self, url: urllib3.util.Url) -> urllib3.PoolManager:
+        proxy = self._proxies.get(url.scheme)
+        if proxy and urllib.request.proxy_bypass_environment(url.host or "", self._proxies):
+            proxy = None
         with self._lock:
-            if self._session is None:
-                import requests
-                from requests.adapters import HTTPAdapter
+            if proxy not in self._pools:
+                # certifi's CA bundle, as requests used: slim images may have no system CA store
+                pools = {"num_pools": 4, "maxsize": self.pool_size, "block": False, "ca_certs": certifi.where()}
+                self._pools[proxy] = urllib3.ProxyManager(proxy, **pools) if proxy else urllib3.PoolManager(**pools)
+            return self._pools[proxy]
 
-                self._session = requests.Session()
-                adapter = HTTPAdapter(pool_connections=4, pool_maxsize=self.pool_size, max_retries=0)
-                self._session.mount("http://", adapter)
-                self._session.mount("https://", adapter)
-            return self._session
+    def _read_http(self, uri: str, deadline: float | None) -> bytes:
+        remaining = self.policy.timeout_s if deadline is None else max(0.01, deadline - time.monotonic())
+        timeout = urllib3.Timeout(connect=self.policy.timeout_s, read=min(self.policy.timeout_s, remaining))
+        url = urllib3.util.parse_url(uri)
+        headers = urllib3.make_headers(basic_auth=url.auth) if url.auth else None  # as requests did for user:pw@
+        try:
+            response = self._http(url).request("GET", uri, headers=headers, timeout=timeout, retries=self._retries,
+                                               preload_content=False)
+        except urllib3.exceptions.MaxRetryError as e:  # connect=0: the first failure, wrapped
+            raise (e.reason or e) from None
+        try:
+            if response.get_redirect_location():
+                raise UriRefused(f"{redact_uri(uri)} redirects (HTTP {response.status})")
+            if response.status != 200:
+                retry_after = response.headers.get("Retry-After", "")
+                wait = float(retry_after) if retry_after.replace(".", "", 1).isdigit() else None
+                raise _HttpStatus(redact_uri(uri), response.status, wait)
+            return _read_http_body(response, uri, self.max_bytes, deadline)
+        except BaseException:
+            response.close()  # a body left unread must not go back to the pool in front of the next request
+            raise
+        finally:
+            response.release_conn()  # a whole body read: the connection serves the next image
 
     def _read_once(self, uri: str, deadline: float | None) -> bytes:
         limit = self.max_bytes
         if is_http(uri):
-            remaining = self.policy.timeout_s if deadline is None else max(0.01, deadline - time.monotonic())
-            timeout = (self.policy.timeout_s, min(self.policy.timeout_s, remaining))
-            with self._http().get(uri, timeout=timeout, stream=True,
-                                  allow_redirects=self.access.follow_redirects) as response:
-                if response.is_redirect and not self.access.follow_redirects:
-                    raise UriRefused(f"{redact_uri(uri)} redirects (HTTP {response.status_code})")
-                if response.status_code != 200:
-                    retry_after = response.headers.get("Retry-After", "")
-                    wait = float(retry_after) if retry_after.replace(".", "", 1).isdigit() else None
-                    raise _HttpStatus(redact_uri(uri), response.status_code, wait)
-                return _read_http_body(response, uri, limit, deadline)
+            return self._read_http(uri, deadline)
         if is_s3(uri):
             with self._s3().open_input_file(uri[len("s3://"):]) as f:  # opening asks the store for the size (HEAD)
                 if limit is not None and f.size() > limit:

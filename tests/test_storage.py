@@ -19,6 +19,7 @@ class LoopbackServer:
     def __init__(self):
         self.sent: dict[str, int] = {}
         self.hits: dict[str, int] = {}
+        self.connections = 0
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -26,6 +27,10 @@ class LoopbackServer:
 
             def log_message(self, *args):
                 pass
+
+            def setup(self):  # once per connection
+                outer.connections += 1
+                super().setup()
 
             def do_GET(self):
                 outer.sent.setdefault(self.path, 0)
@@ -49,6 +54,13 @@ class LoopbackServer:
         h.send_header("Content-Length", str(len(BODY)))
         h.end_headers()
         h.wfile.write(BODY)
+
+    def _cut_short(self, h):  # declares 1000 bytes, sends 10 and hangs up
+        h.send_response(200)
+        h.send_header("Content-Length", "1000")
+        h.end_headers()
+        h.wfile.write(b"x" * 10)
+        h.close_connection = True
 
     def _trickle(self, h):  # 40 bytes, one every 0.25 s: 10 s, though no single read waits longer than 0.25 s
         h.send_response(200)
@@ -119,6 +131,36 @@ def test_a_declared_size_over_the_limit_is_refused_before_the_body(loopback):
     with pytest.raises(storage.FetchFailed) as failed:
         storage.Fetcher(None, storage.RetryPolicy(retries=0), max_bytes=1 << 20).read(f"{loopback.url}/declared-huge")
     assert failed.value.reason == "too_large" and "1610612736" in failed.value.detail
+
+
+def test_http_reads_reuse_keep_alive_connections_across_threads(loopback):
+    from concurrent.futures import ThreadPoolExecutor
+
+    fetcher = storage.Fetcher(None, storage.RetryPolicy(retries=0), pool_size=4)
+    before = loopback.connections
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda i: fetcher.read(f"{loopback.url}/image?i={i}"), range(200)))
+    assert got == [(BODY, 0)] * 200
+    assert loopback.connections - before <= 4  # one per thread at most, not one per image
+    # an error answer leaves its connection unusable for the next request: closed, and the next image still reads
+    with pytest.raises(storage.FetchFailed):
+        fetcher.read(f"{loopback.url}/missing")
+    assert fetcher.read(f"{loopback.url}/image") == (BODY, 0)
+
+
+def test_http_connection_failures_are_transient_and_counted(loopback):
+    policy = storage.RetryPolicy(retries=2, backoff_s=0.01)
+    with pytest.raises(storage.FetchFailed) as cut:
+        storage.Fetcher(None, policy).read(f"{loopback.url}/cut-short")
+    assert cut.value.reason == "fetch_error" and cut.value.retries == 2 and loopback.hits["/cut-short"] == 3
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    with pytest.raises(storage.FetchFailed) as refused:
+        storage.Fetcher(None, policy).read(f"http://127.0.0.1:{closed}/x.jpg")
+    assert refused.value.reason == "fetch_error" and refused.value.retries == 2
 
 
 def test_local_reads_check_the_size_first_and_refuse_what_is_not_a_file(tmp_path):

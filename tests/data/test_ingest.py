@@ -6,6 +6,8 @@ import json
 import os
 import posixpath
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -428,3 +430,15 @@ def test_an_edited_manifest_row_is_ingested_again(ray_local, tmp_path):
     shards = pq.read_table(str(out / "shards")).to_pylist()
     assert {r["image_id"]: r["lat"] for r in shards}[rows[6]["image_id"]] == -12.5 and len(shards) == 8
     assert {f: os.stat(out / "shards" / f).st_mtime_ns for f in untouched} == untouched
+
+
+def test_fetch_and_staging_workers_import_neither_torch_nor_scipy():
+    # every Ray worker that runs a fetch, write or staging task imports these modules to unpickle its function:
+    # torch (the segmenters) and scipy (geocells) cost seconds of CPU per worker process and none of them uses them
+    code = ("import sys, geosurge.data.ingest.fetch, geosurge.data.ingest.plan, geosurge.data.ingest.resume; "
+            "print(sorted(m for m in ('torch', 'scipy', 'h3', 'transformers') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout
+    from geosurge.data.ingest import NO_SEGMENTER, IngestResult  # the driver's names still import from the package
+
+    assert NO_SEGMENTER == "none" and IngestResult.__name__ == "IngestResult"

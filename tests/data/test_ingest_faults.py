@@ -28,17 +28,37 @@ class ImageServer:
     """A real HTTP server for image bytes. The first path segment says how it behaves:
     ok, flaky (503 twice, then the image), throttle (429 with Retry-After once, then the image), missing (404),
     forbidden (403), broken (500 always), slow (answers after `slow_s`), trickle (the image a byte every 0.25 s),
-    endless (300 MiB, chunked, no length; `sent` counts what got out). It counts requests per path."""
+    endless (300 MiB, chunked, no length; `sent` counts what got out). It counts requests per path, and the
+    connections it accepted; with `keep_alive` it speaks HTTP/1.1 and keeps them open between requests."""
 
-    def __init__(self, files: dict[str, bytes], slow_s: float = 1.5):
+    def __init__(self, files: dict[str, bytes], slow_s: float = 1.5, keep_alive: bool = False):
         self.files, self.slow_s, self.requests, self.sent = files, slow_s, Counter(), Counter()
+        self.connections = 0
+        self.in_flight = self.max_in_flight = 0  # requests being answered at once
+        self._lock = threading.Lock()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if keep_alive else "HTTP/1.0"
+
             def log_message(self, *args):  # quiet
                 pass
 
+            def setup(self):  # once per connection
+                server.connections += 1
+                super().setup()
+
             def do_GET(self):
+                with server._lock:
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                try:
+                    self.answer()
+                finally:
+                    with server._lock:
+                        server.in_flight -= 1
+
+            def answer(self):
                 server.requests[self.path] += 1
                 seen = server.requests[self.path]
                 mode, name = self.path.strip("/").split("?")[0].split("/", 1)
@@ -96,6 +116,51 @@ class ImageServer:
 def _ids(shards_uri: str, s3=None) -> list[str]:
     fs, path = storage.resolve(shards_uri, s3)
     return pq.read_table(path, filesystem=fs, columns=["image_id"]).column("image_id").to_pylist()
+
+
+def test_http_ingest_reuses_connections_across_chunks(ray_local, tmp_path):
+    # 20 chunks of 3 rows, one fetch thread each: a connection per chunk would be 20; the workers keep theirs
+    manifest = pq.read_table(generate_geoworld(GeoWorldConfig(num_images=6, image_size=32, seed=5),
+                                               str(tmp_path / "gw"), progress=False))
+    files = {os.path.basename(u): Path(u).read_bytes() for u in manifest.column("uri").to_pylist()}
+    server = ImageServer(files, keep_alive=True)
+    try:
+        names = sorted(files)
+        rows = [{"image_id": f"r{i:03d}", "uri": f"{server.url}/ok/{names[i % len(names)]}", "lat": 1.0, "lon": 2.0,
+                 "split": "train"} for i in range(60)]
+        uri = str(tmp_path / "http.parquet")
+        pq.write_table(pa.Table.from_pylist(rows), uri)
+        config = IngestConfig(image_size=32, segmenter="none", shard_rows=3, fetch_concurrency=1)
+        result = ingest(uri, str(tmp_path / "out"), config)
+        assert result.reconciles and result.shard_rows == 60 and result.chunks == 20
+        assert sum(server.requests.values()) == 60
+        assert server.connections <= 8, server.connections  # at most one per fetch worker process (4 CPUs here)
+    finally:
+        server.close()
+
+
+def test_http_ingest_fetches_chunks_in_parallel_on_two_cpus(tmp_path):
+    # one slow image per chunk and one fetch thread per task, on a Ray of 2 CPUs (a fresh process): overlapping
+    # requests mean two fetch tasks ran at once. The fetch and write stages once ran as two Ray Data operators, which
+    # split 2 CPUs between them: one fetch task at a time.
+    manifest = pq.read_table(generate_geoworld(GeoWorldConfig(num_images=4, image_size=32, seed=3),
+                                               str(tmp_path / "gw"), progress=False))
+    files = {os.path.basename(u): Path(u).read_bytes() for u in manifest.column("uri").to_pylist()}
+    server = ImageServer(files, slow_s=1.0)
+    try:
+        rows = [{"image_id": f"s{i}", "uri": f"{server.url}/slow/{name}", "lat": 1.0, "lon": 2.0, "split": "train"}
+                for i, name in enumerate(sorted(files))]
+        uri = str(tmp_path / "slow.parquet")
+        pq.write_table(pa.Table.from_pylist(rows), uri)
+        code = ("import sys, ray; from geosurge.config import IngestConfig; from geosurge.data.ingest import ingest; "
+                "ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False); "
+                "r = ingest(sys.argv[1], sys.argv[2], IngestConfig(image_size=32, segmenter='none', shard_rows=1, "
+                "fetch_concurrency=1)); assert r.reconciles and r.shard_rows == 4, r.summary()")
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+        subprocess.run([sys.executable, "-c", code, uri, str(tmp_path / "out")], check=True, env=env, timeout=600)
+        assert server.max_in_flight == 2, server.max_in_flight
+    finally:
+        server.close()
 
 
 def test_http_images_retry_throttling_and_5xx_but_not_404_or_403(ray_local, tmp_path):

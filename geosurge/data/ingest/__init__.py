@@ -51,11 +51,21 @@ from geosurge.data.ingest.fetch import (
 )
 from geosurge.data.ingest.plan import chunk_name, source_tag
 from geosurge.data.ingest.resume import read_quarantine
-from geosurge.data.ingest.run import IngestResult, ingest
-from geosurge.segmentation.segmenter import (  # for callers that took them here
-    GROUND_TRUTH_SEGMENTER,
-    NO_SEGMENTER,
-)
+
+# Every Ray worker that runs a fetch, write or staging task imports this package (to unpickle the function), so
+# the driver-side names load when first asked for: `run` brings Ray Data, and geosurge.segmentation brings torch,
+# seconds of CPU per worker process that no fetch needs.
+_LAZY = {"IngestResult": "geosurge.data.ingest.run", "ingest": "geosurge.data.ingest.run",
+         "GROUND_TRUTH_SEGMENTER": "geosurge.segmentation.segmenter", "NO_SEGMENTER": "geosurge.segmentation.segmenter"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "GROUND_TRUTH_SEGMENTER",

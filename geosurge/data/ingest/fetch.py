@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import threading
 from concurrent.futures import ThreadPoolExecutor, wait
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -28,12 +31,28 @@ from geosurge.data.manifest import (
     QUARANTINE_SCHEMA,
     validate_rows,
 )
-from geosurge.geo.geocells import GeocellHierarchy
 from geosurge.layout import IngestLayout
-from geosurge.segmentation.segmenter import Segmenter
+
+if TYPE_CHECKING:  # every fetch/write worker imports this module: scipy/h3 and torch only where they are used
+    from geosurge.geo.geocells import GeocellHierarchy
 
 STATUS_COLUMNS = ["stage", "reason", "detail"]
 _INTERNAL = [CHUNK, ROW, ORDER, RETRIES]
+_FETCHERS: dict[tuple, storage.Fetcher] = {}
+_FETCHERS_LOCK = threading.Lock()
+
+
+def worker_fetcher(s3: storage.S3Config | None, policy: storage.RetryPolicy, concurrency: int,
+                   max_bytes: int | None) -> storage.Fetcher:
+    """This worker process's Fetcher for these settings: its keep-alive connections (and S3 client) serve every
+    chunk the process fetches, where one per task would open `concurrency` new connections per chunk."""
+    key = (dataclasses.astuple(s3) if s3 else None, policy, concurrency, max_bytes)
+    with _FETCHERS_LOCK:
+        if key not in _FETCHERS:
+            if len(_FETCHERS) >= 4:  # a process serving several ingests with other settings: keep it bounded
+                _FETCHERS.clear()
+            _FETCHERS[key] = storage.Fetcher(s3, policy, pool_size=concurrency, max_bytes=max_bytes)
+        return _FETCHERS[key]
 
 
 def fetch_decode_chunks(batch: pa.Table, layout: IngestLayout, tag: str, has_duplicates: bool, spec: ImageSpec,
@@ -47,7 +66,7 @@ def fetch_decode_chunks(batch: pa.Table, layout: IngestLayout, tag: str, has_dup
     Every row of the chunk comes out, with `image` (and with `label_grid`, the ground-truth `label_map` read from
     `label_uri`), `stage`/`reason`/`detail` (null when the row is fine) and `_retries`. No read takes more than
     `max_bytes` (too_large); rows not fetched and decoded within `chunk_timeout_s` are quarantined as `timeout`."""
-    fetcher = storage.Fetcher(s3, policy, pool_size=concurrency, max_bytes=max_bytes)
+    fetcher = worker_fetcher(s3, policy, concurrency, max_bytes)
     out = []
     for name in batch.column("chunk").to_pylist():
         staged, chunk_retries = storage.with_retries(
@@ -140,6 +159,8 @@ class SegmentLabelMaps:
     others pass through untouched), `batch_size` images at a time."""
 
     def __init__(self, segmenter: str, grid: int, batch_size: int = 32, s3: storage.S3Config | None = None):
+        from geosurge.segmentation.segmenter import Segmenter  # torch: in the segmentation actors only
+
         self.segmenter = Segmenter(segmenter, grid, s3=s3)  # s3: a segmenter folder staged in the bucket
         self.grid = grid
         self.batch_size = batch_size

@@ -9,6 +9,7 @@ import json
 import os
 import posixpath
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -32,8 +33,10 @@ from geosurge.data.manifest import (
     resolve_images_root,
     resolve_manifest_format,
 )
-from geosurge.geo.geocells import GeocellHierarchy
 from geosurge.layout import IngestLayout
+
+if TYPE_CHECKING:  # the staging tasks import this module: scipy/h3 only where a hierarchy is used
+    from geosurge.geo.geocells import GeocellHierarchy
 
 # Bookkeeping columns that travel with rows through the stage and never reach a shard.
 CHUNK, ROW, ORDER, RETRIES = "_chunk", "_row", "_order", "_retries"

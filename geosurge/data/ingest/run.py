@@ -232,6 +232,9 @@ def _announce(job: _Job, plan: Plan, pending: list[str]) -> None:
         print(f"ingest: warning: {message}", flush=True)
 
 
+_TASK_RETRIES = 3  # a fetch or write task whose worker died is run again at most this often
+
+
 def _build_pipeline(job: _Job, plan: Plan, pending: list[str]) -> ray.data.Dataset:
     """One input row per pending chunk → fetch + decode → segment (unless the labels come from the manifest or
     none are wanted) → write; one summary row per chunk comes out."""
@@ -247,7 +250,7 @@ def _build_pipeline(job: _Job, plan: Plan, pending: list[str]) -> ray.data.Datas
                    "label_grid": config.label_grid if job.ground_truth else None,
                    "max_bytes": config.max_image_bytes, "allowed_prefixes": tuple(config.allowed_uri_prefixes),
                    "chunk_timeout_s": config.chunk_timeout_s},
-        max_retries=3,  # also keeps this I/O stage out of the segmentation actors (different remote args)
+        max_retries=_TASK_RETRIES,  # also keeps this I/O stage out of the segmentation actors (other remote args)
     )
     if not job.ground_truth and config.segmenter != NO_SEGMENTER:
         ds = ds.map_batches(
@@ -264,6 +267,9 @@ def _build_pipeline(job: _Job, plan: Plan, pending: list[str]) -> ray.data.Datas
         batch_format="pyarrow",
         fn_kwargs={"shards_uri": job.layout.shards, "quarantine_uri": job.layout.quarantine, "s3": job.s3,
                    "policy": job.policy, "hierarchy": job.hierarchy},
+        # the fetch stage's remote args: with no segmentation between them the two fuse into one task per chunk.
+        # Unfused, Ray Data splits the CPUs between the two operators and ran one fetch task at a time on 2 CPUs.
+        max_retries=_TASK_RETRIES,
     )
 
 
