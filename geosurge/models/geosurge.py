@@ -6,7 +6,8 @@ label map ─ per-patch class histogram (or its majority class) ─ linear ─ s
 v · g_l / τ_l against every cell embedding g_l of each level l → InfoNCE per level, summed.
 Inference: per-level softmax; a finest cell's score is its probability times its ancestors'. Exact scoring
 computes every finest cell's score; beam search scores only the children of the best cells of the level
-above. Optional ten-crop test-time augmentation averages the finest-cell scores over 10 views.
+above. Optional ten-crop test-time augmentation averages the finest-cell scores over 10 views. Without
+autograd in eval mode, the unit cell embeddings are normalised once and cached (`unit_cells`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from torch import nn
 from geosurge.config import ModelConfig
 from geosurge.models.backbone import Backbone
 from geosurge.models.factory import register_model
-from geosurge.models.hierarchy import HierarchySpec, level_cross_entropy
+from geosurge.models.hierarchy import HierarchySpec, ancestor_log_sums, level_cross_entropy
 from geosurge.models.tta import ten_crop_views
 from geosurge.segmentation.ade20k import NUM_ADE20K_CLASSES
 
@@ -105,6 +106,8 @@ class GeoSurge(nn.Module):
         semantic_tokens: str = "histogram",
     ):
         super().__init__()
+        # Unit cell embeddings for inference (see `unit_cells`): (key, per-level tensors).
+        self._cell_cache: tuple[tuple, list[torch.Tensor]] | None = None
         if semantic_tokens not in SEMANTIC_TOKEN_MODES:
             raise ValueError(f"semantic_tokens must be one of {SEMANTIC_TOKEN_MODES}, got {semantic_tokens!r}")
         self.semantic_mode = semantic_tokens
@@ -137,10 +140,38 @@ class GeoSurge(nn.Module):
             ptr, children = child_index(hierarchy.parents[level], hierarchy.num_cells[level - 1])
             self.register_buffer(f"child_ptr_{level}", torch.from_numpy(ptr), persistent=False)
             self.register_buffer(f"children_{level}", torch.from_numpy(children), persistent=False)
+            # Exact scoring sums ancestors top-down: each level-l cell's parent at level l-1.
+            parents = np.asarray(hierarchy.parents[level], dtype=np.int64)
+            self.register_buffer(f"parents_{level}", torch.from_numpy(parents), persistent=False)
 
     @property
     def num_levels(self) -> int:
         return len(self.cell_embeddings)
+
+    def train(self, mode: bool = True) -> GeoSurge:
+        if mode:  # weights may change from here on, even behind the version counters (DeepSpeed, `.data`)
+            self._cell_cache = None
+        return super().train(mode)
+
+    def unit_cells(self, level: int, rows: torch.Tensor | slice | None = None) -> torch.Tensor:
+        """[n_cells, D]: L2-normalised cell embeddings of `level`; `rows` (indices or a slice) picks some cells.
+
+        Training (or any call with autograd on) normalises them afresh, so gradients flow through the
+        normalisation. Inference without autograd in eval mode normalises each level once and caches it:
+        at 100k × 768 cells the normalisation costs several times the scoring itself. The cache is keyed on
+        each parameter's in-place version counter (optimizer steps, `load_state_dict`, in-place edits), its
+        storage, device and dtype; train mode drops it (writes through `.data`, as DeepSpeed's, bypass the
+        counters). Without the cache, only the picked rows are normalised."""
+        if self.training or torch.is_grad_enabled():
+            g = self.cell_embeddings[level]
+            return F.normalize(g if rows is None else g[rows], dim=-1)
+        key = tuple((p._version, p.data_ptr(), p.device, p.dtype, p.shape) for p in self.cell_embeddings)
+        cache = self._cell_cache  # one read: a concurrent caller may replace it
+        if cache is None or cache[0] != key:
+            self._cell_cache = None  # free the stale copy before building the new one
+            cache = self._cell_cache = (key, [F.normalize(g, dim=-1) for g in self.cell_embeddings])
+        g = cache[1][level]
+        return g if rows is None else g[rows]
 
     def patch_histograms(self, label_map: torch.Tensor) -> torch.Tensor:
         """uint8 [B,g,g] ADE20K ids → [B, classes, grid_h, grid_w]: the share of each class in each patch.
@@ -175,7 +206,10 @@ class GeoSurge(nn.Module):
 
     def level_logits(self, v: torch.Tensor) -> list[torch.Tensor]:
         temperature = self.temperatures()
-        return [v @ F.normalize(g, dim=-1).t() / temperature[l] for l, g in enumerate(self.cell_embeddings)]
+        if torch.is_grad_enabled():
+            return [v @ self.unit_cells(l).t() / temperature[l] for l in range(self.num_levels)]
+        # without autograd, in place: the same values, one [B, n] allocation and pass fewer per level
+        return [(v @ self.unit_cells(l).t()).div_(temperature[l]) for l in range(self.num_levels)]
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         v = self.embed(batch["image"], batch.get("label_map"))
@@ -190,27 +224,26 @@ class GeoSurge(nn.Module):
 
     def finest_log_scores(self, v: torch.Tensor) -> torch.Tensor:
         """[B, n_finest]: log of (finest-cell probability × all its ancestors' probabilities)."""
-        scores = torch.zeros(v.shape[0], self.ancestors.shape[1], device=v.device)
-        for l, logits in enumerate(self.level_logits(v)):
-            scores = scores + F.log_softmax(logits.float(), dim=-1)[:, self.ancestors[l]]
-        return scores
+        log_probs = [F.log_softmax(logits.float(), dim=-1) for logits in self.level_logits(v)]
+        parents = [getattr(self, f"parents_{l}") for l in range(1, self.num_levels)]
+        return ancestor_log_sums(log_probs, parents, in_place=not torch.is_grad_enabled())
 
     def temperatures(self) -> torch.Tensor:
         return self.log_temperature.exp().clamp(min=1e-3)
 
     def cell_logits(self, v: torch.Tensor, level: int, cells: torch.Tensor) -> torch.Tensor:
         """v [B,D], cells [B,M] (indices at `level`) → [B,M] logits v·g/τ of only those cells (float32)."""
-        g = F.normalize(self.cell_embeddings[level][cells].float(), dim=-1)  # gathers M rows, not the level
+        g = self.unit_cells(level, cells).float()  # gathers M rows, not the level
         return torch.einsum("bmd,bd->bm", g, v.float()) / self.temperatures()[level].float()
 
     def level_log_partition(self, v: torch.Tensor, level: int, chunk: int = 65536) -> torch.Tensor:
         """[B]: log Σ_j exp(v·g_j/τ) over all cells of `level`, streamed over chunks of `chunk` cells.
 
         The softmax normaliser needs every cell of the level; streaming keeps memory at [B, chunk]."""
-        g_all, tau = self.cell_embeddings[level], self.temperatures()[level].float()
+        tau = self.temperatures()[level].float()
         out = torch.full((v.shape[0],), -math.inf, device=v.device)
-        for start in range(0, g_all.shape[0], chunk):
-            logits = v.float() @ F.normalize(g_all[start:start + chunk].float(), dim=-1).t() / tau
+        for start in range(0, self.cell_embeddings[level].shape[0], chunk):
+            logits = v.float() @ self.unit_cells(level, slice(start, start + chunk)).float().t() / tau
             out = torch.logaddexp(out, torch.logsumexp(logits, dim=-1))
         return out
 
@@ -236,7 +269,7 @@ class GeoSurge(nn.Module):
             raise ValueError(f"beam must be >= 1, got {beam}")
         rows = v.shape[0]
         # the coarsest level is small: all of its logits
-        logits = v.float() @ F.normalize(self.cell_embeddings[0].float(), dim=-1).t() / self.temperatures()[0].float()
+        logits = v.float() @ self.unit_cells(0).float().t() / self.temperatures()[0].float()
         if normalize:
             logits = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
         top = logits.topk(min(beam, logits.shape[1]), dim=-1)

@@ -20,6 +20,22 @@ def level_cross_entropy(logits: torch.Tensor, cells: torch.Tensor) -> torch.Tens
     return total / (cells != IGNORE_CELL).sum().clamp(min=1)
 
 
+def ancestor_log_sums(
+    log_probs: list[torch.Tensor], parents: list[torch.Tensor], in_place: bool = False
+) -> torch.Tensor:
+    """Per-level log probabilities [B, n_l] → [B, n_finest]: each finest cell's plus all its ancestors'.
+
+    `parents[l - 1]` holds the level-(l-1) parent of every level-l cell. Summed top-down, one gather of each
+    level's own width, instead of gathering every level out to the finest width; each sum adds the same
+    terms in the same order as level-by-level gathers, so the result is bit-identical to that. `in_place`
+    (without autograd) adds into `log_probs[1:]`, saving a [B, n_l] allocation per level."""
+    out = log_probs[0]
+    for level_log_probs, parent in zip(log_probs[1:], parents):
+        parent_sums = out.index_select(1, parent)
+        out = level_log_probs.add_(parent_sums) if in_place else level_log_probs + parent_sums
+    return out
+
+
 @dataclass(frozen=True)
 class HierarchySpec:
     """What a model needs of a GeocellHierarchy: cells per level, parent links, every cell's coordinate."""

@@ -178,6 +178,9 @@ def test_hierarchical_scores_equal_brute_force_products_for_the_chosen_scene(hie
     assert (out["score"][:, :-1] >= out["score"][:, 1:]).all()
     top = expected.topk(4, dim=-1)
     assert torch.allclose(out["score"].double(), top.values, atol=1e-6)
+    with torch.no_grad():  # the in-place path (no autograd) gives the same bits
+        no_grad = model.finest_log_scores(level_logits, scene)
+    assert torch.equal(no_grad, model.finest_log_scores(level_logits, scene))
     assert torch.allclose(expected.gather(1, out["cell"]), top.values, atol=1e-6)  # same cells up to exact ties
     lat, lon = hierarchy.cell_coordinates(hierarchy.num_levels - 1)
     assert np.allclose(out["lat"].numpy(), lat[out["cell"].numpy()])

@@ -114,6 +114,97 @@ def test_hierarchical_scores_equal_brute_force_products(hierarchy):
     assert torch.allclose(model.finest_log_scores(v).exp().double(), expected, atol=1e-6)
 
 
+# --- cached unit cell embeddings at inference ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_top_down_ancestor_sums_equal_level_by_level_gathers(hierarchy, in_place):
+    from geosurge.models.hierarchy import ancestor_log_sums
+
+    spec = HierarchySpec.from_hierarchy(hierarchy)
+    gen = torch.Generator().manual_seed(0)
+    log_probs = [F.log_softmax(torch.randn(3, n, generator=gen) * 5, -1) for n in spec.num_cells]
+    ancestors = torch.from_numpy(spec.ancestors())
+    expected = torch.zeros(3, spec.num_cells[-1])
+    for level, lp in enumerate(log_probs):  # every level gathered out to the finest cells
+        expected = expected + lp[:, ancestors[level]]
+    parents = [torch.from_numpy(np.asarray(p, dtype=np.int64)) for p in spec.parents[1:]]
+    assert torch.equal(ancestor_log_sums([lp.clone() for lp in log_probs], parents, in_place), expected)
+
+
+def _uncached_scores(model, v: torch.Tensor) -> torch.Tensor:
+    with torch.enable_grad():  # autograd on: every cell embedding is normalised afresh
+        return model.finest_log_scores(v).detach()
+
+
+def test_cached_inference_scores_equal_uncached_scores(hierarchy):
+    model = _model(hierarchy).eval()
+    v = _embeddings()
+    with torch.no_grad():
+        cached = model.finest_log_scores(v)
+        assert model.unit_cells(1) is model.unit_cells(1)  # the second call reads the cache
+        beam = model.beam_search(v, beam=2)
+        again = model.finest_log_scores(v)
+    assert torch.equal(cached, _uncached_scores(model, v)) and torch.equal(again, cached)
+    with torch.enable_grad():
+        reference = model.beam_search(v, beam=2)
+    assert torch.equal(beam[0], reference[0]) and torch.allclose(beam[1], reference[1].detach(), atol=1e-6)
+
+
+def _step(model, hierarchy):
+    opt = torch.optim.SGD(model.cell_embeddings.parameters(), lr=10.0)
+    model(_batch(hierarchy))["loss"].backward()
+    opt.step()
+
+
+def _load(model, hierarchy):
+    model.load_state_dict(_model(hierarchy).state_dict())
+
+
+def _edit_in_place(model, hierarchy):
+    with torch.no_grad():
+        model.cell_embeddings[-1].mul_(-1.0)
+
+
+def _edit_data_in_train_mode(model, hierarchy):
+    model.train()  # e.g. DeepSpeed writes its updated weights through `.data`, unseen by version counters
+    model.cell_embeddings[-1].data.copy_(torch.randn_like(model.cell_embeddings[-1]))
+    model.eval()
+
+
+@pytest.mark.parametrize("change", [_step, _load, _edit_in_place, _edit_data_in_train_mode])
+def test_cached_scores_follow_weight_changes(hierarchy, change):
+    """Scores cached before a weight change are never served after it: an optimizer step in eval mode,
+    load_state_dict, an in-place edit, and a `.data` write in train mode all give the new weights' scores."""
+    model = _model(hierarchy).eval()
+    v = _embeddings()
+    with torch.no_grad():
+        before = model.finest_log_scores(v)
+    change(model, hierarchy)
+    with torch.no_grad():
+        after = model.finest_log_scores(v)
+        cells, _ = model.beam_search(v, beam=max(hierarchy.num_cells))
+    assert not torch.allclose(after, before)
+    assert torch.equal(after, _uncached_scores(model, v))
+    assert torch.equal(cells, after.topk(hierarchy.num_cells[-1], dim=-1).indices)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_gradients_flow_through_the_normalisation_after_a_cache_was_built(hierarchy, mode):
+    """With autograd on (training, or fine-tuning in eval mode), the cache is never used: the loss and the
+    scores reach every level's cell embeddings through their normalisation."""
+    model = _model(hierarchy).eval()
+    v = _embeddings()
+    with torch.no_grad():
+        model.finest_log_scores(v)  # builds the cache
+    model.train(mode == "train")
+    model(_batch(hierarchy))["loss"].backward()
+    grads = torch.autograd.grad(model.finest_log_scores(v)[:, 0].sum(), list(model.cell_embeddings))
+    for level, g in enumerate(model.cell_embeddings):
+        assert g.grad is not None and g.grad.abs().sum() > 0, level
+        assert grads[level].abs().sum() > 0, level
+
+
 def test_predict_returns_top_k_finest_cells_with_their_coordinates(hierarchy):
     model = _model(hierarchy).eval()
     out = model.predict(_batch(hierarchy), k=3)
