@@ -5,6 +5,7 @@ would stop every Ray instance on the machine)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -47,10 +48,11 @@ class RayNode:
 
     def processes(self) -> list[psutil.Process]:
         """This node's processes and all their descendants (agents and workers retitle themselves "ray::…")."""
-        marks = [self.temp_dir, f"--node_manager_port={self.node_manager_port}"]
+        marks = [re.escape(self.temp_dir), self._raylet_mark]
         if "--port" in self.ports:
-            marks.append(f":{self.ports['--port']}")  # the head's client server names only the GCS address
-        roots = [p for p in psutil.process_iter(["cmdline"]) if any(m in " ".join(p.info["cmdline"] or []) for m in marks)]
+            marks.append(rf":{self.ports['--port']}(?!\d)")  # the head's client server names only the GCS address
+        mark = re.compile("|".join(marks))
+        roots = [p for p in psutil.process_iter(["cmdline"]) if mark.search(" ".join(p.info["cmdline"] or []))]
         found = {}
         for proc in roots:
             try:
@@ -60,11 +62,15 @@ class RayNode:
                 pass
         return list(found.values())
 
+    @property
+    def _raylet_mark(self) -> str:
+        """This node's raylet on its command line (a port that is the prefix of another never matches)."""
+        return rf"--node_manager_port={self.node_manager_port}(?!\d)"
+
     def owns(self, proc: psutil.Process) -> bool:
         """Whether `proc` runs on this node: its raylet (an ancestor) is this node's."""
         try:
-            return any(f"--node_manager_port={self.node_manager_port}" in " ".join(p.cmdline())
-                       for p in proc.parents())
+            return any(re.search(self._raylet_mark, " ".join(p.cmdline())) for p in proc.parents())
         except psutil.Error:
             return False
 
