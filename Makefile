@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-fast bench-geocells bench-ingest clean postgres-server
+.PHONY: install demo test test-fast bench-geocells bench-ingest bench-ingest-http clean postgres-server
 
 # A few lines say what it does and how long it took; pip's own output goes to $(INSTALL_LOG) (shown on failure).
 INSTALL_LOG := $(VENV)/install.log
@@ -45,6 +45,9 @@ bench-geocells: $(STAMP)  ## a 7-level hierarchy over 4.72 M coordinates: build 
 
 bench-ingest: $(STAMP)  ## ingest images/s vs the decode-bound limit and a naive loop, segmenter on/off, driver RSS 20k vs 200k rows
 	$(BIN)/python benchmarks/ingest.py
+
+bench-ingest-http: $(STAMP)  ## ingest over HTTP from nginx on loopback, whole processes (I2D=V/bin/img2dataset: side by side)
+	$(BIN)/python benchmarks/ingest_http.py $(if $(I2D),--img2dataset $(I2D))
 
 clean:
 	rm -rf runs .pytest_cache

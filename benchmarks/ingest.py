@@ -2,7 +2,6 @@
 offline segmenter, and the driver's peak memory for a 20k- vs a 200k-row manifest.
 
     python benchmarks/ingest.py [--images 3000] [--source-size 384] [--segmenter FOLDER] [--rss-rows 20000 200000]
-        [--img2dataset VENV/bin/img2dataset] [--runs 3] [--http-repeat 6]
 
 Every figure comes from one run on one machine, side by side, so the ratios compare like with like:
   (a) images/s through the whole `ingest()` stage (a private local Ray) with segmentation off, over N GeoWorld
@@ -18,12 +17,7 @@ Every figure comes from one run on one machine, side by side, so the ratios comp
   (e) peak driver RSS (VmHWM of a fresh subprocess running the whole ingest) for a 20k- and a 200k-row
       manifest of small images (rows reuse a few image files under different ids). Target ratio <= 1.25;
   (f) --s3-endpoint-url and --s3-root s3://bucket/prefix: the same against S3 (credentials from the AWS chain);
-  (h) over HTTP, side by side with img2dataset: the N images served by nginx on loopback (`--nginx`, one worker),
-      each under `--http-repeat` ids (3,000 × 6 = 18,000 URLs), resized and centre-cropped to --image-size; our
-      ingest (segmenter none, a fresh process: Ray up, ingest, Ray down) and img2dataset (`--img2dataset`, installed
-      in its own venv: `python3 -m venv V && V/bin/pip install img2dataset==1.47.0`; `--i2d-processes` ×
-      `--i2d-threads`, Parquet output), whole processes timed, `--runs` each, interleaved; medians, their ratio
-      (target: ours no slower) and the CPU seconds each took. Without --img2dataset that column is skipped.
+  (h) over HTTP, side by side with img2dataset: its own script, benchmarks/ingest_http.py.
 (b) decodes as the stage does (`decode_image`: JPEG draft mode, then the same resize and crop); per-core images/s
 are printed for (a) and (b).
 The machine's load average is printed before and after: on a shared machine, read the ratios, not the rates.
@@ -37,13 +31,9 @@ import json
 import logging
 import os
 import resource
-import shutil
-import socket
-import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -182,189 +172,6 @@ def measure_rss(args: argparse.Namespace, manifest: str, output: str, segmenter:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# (h) over HTTP, side by side with img2dataset: whole processes, the same URLs, the same nginx
-
-
-NGINX_CONF = """worker_processes 1;
-daemon off;
-pid {work}/nginx.pid;
-error_log {work}/error.log;
-events {{ worker_connections 1024; }}
-http {{
-  access_log off;
-  sendfile on;
-  keepalive_requests 1000000;
-  client_body_temp_path {work}/tmp; proxy_temp_path {work}/tmp; fastcgi_temp_path {work}/tmp;
-  uwsgi_temp_path {work}/tmp; scgi_temp_path {work}/tmp;
-  types {{ image/jpeg jpg; image/png png; }}
-  server {{ listen 127.0.0.1:{port}; root {root}; }}
-}}
-"""
-
-
-def start_nginx(nginx: str, root: str, work: str) -> tuple[subprocess.Popen, str]:
-    """nginx serving `root` on a free loopback port (one worker: both clients meet the same server)."""
-    os.makedirs(os.path.join(work, "tmp"), exist_ok=True)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    conf = os.path.join(work, "nginx.conf")
-    with open(conf, "w") as f:
-        f.write(NGINX_CONF.format(work=work, port=port, root=root))
-    server = subprocess.Popen([nginx, "-c", conf, "-p", work], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return server, f"http://127.0.0.1:{port}"
-        except OSError:
-            if server.poll() is not None:
-                raise RuntimeError(f"nginx did not start: {server.stderr.read().decode()[-2000:]}") from None
-            time.sleep(0.1)
-    server.kill()
-    raise RuntimeError("nginx did not listen within 10 s")
-
-
-def http_manifests(manifest: str, base_url: str, repeat: int, work: str) -> tuple[str, str]:
-    """Our manifest and img2dataset's URL list for the same `repeat` × images, every row its own id and a URL
-    served by nginx (rows of one image share its URL)."""
-    src = pq.read_table(manifest)
-    root = os.path.dirname(manifest)
-    urls = [base_url + "/" + os.path.relpath(u, root) for u in src.column("uri").to_pylist()]
-    idx = np.arange(len(urls) * repeat) % len(urls)
-    table = pa.table({
-        "image_id": pa.array([f"h{i:07d}" for i in range(idx.size)], pa.string()),
-        "uri": pa.array(urls).take(pa.array(idx)),
-        "lat": src.column("lat").take(pa.array(idx)),
-        "lon": src.column("lon").take(pa.array(idx)),
-        "split": pa.array(["train"] * idx.size, pa.string()),
-    })
-    ours, theirs = os.path.join(work, "manifest.parquet"), os.path.join(work, "urls.parquet")
-    pq.write_table(table, ours)
-    pq.write_table(table.select(["uri"]).rename_columns(["url"]), theirs)
-    return ours, theirs
-
-
-def tree_cpu_s(root: int) -> float:
-    """CPU seconds (user + system) of process `root` and every process below it, living or reaped (Linux /proc):
-    Ray's workers hang under its raylet, which a parent's RUSAGE_CHILDREN never sees while Ray is up."""
-    parents, times = {}, {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # gone meanwhile
-        parents[int(pid)] = int(fields[1])
-        times[int(pid)] = sum(int(x) for x in fields[11:15])  # utime, stime, cutime, cstime
-    tree, grew = {root}, True
-    while grew:
-        below = {pid for pid, parent in parents.items() if parent in tree} - tree
-        tree |= below
-        grew = bool(below)
-    return sum(times.get(pid, 0) for pid in tree) / os.sysconf("SC_CLK_TCK")
-
-
-def http_child(args: argparse.Namespace) -> int:
-    """Run in a fresh subprocess: Ray up, one ingest (segmenter none), Ray down, as a user would run it."""
-    init_ray(args.ray_address, args.num_cpus)
-    config = IngestConfig(image_size=args.image_size, shard_rows=args.shard_rows, segmenter=NO_SEGMENTER)
-    rate, result = timed_ingest(args.child_manifest, args.child_output, config, None)
-    cpu = tree_cpu_s(os.getpid())
-    import ray
-
-    ray.shutdown()
-    print(json.dumps({"images_per_s": rate, "rows": result.rows_in, "cpu_s": cpu}))
-    return 0
-
-
-def children_cpu_s() -> float:
-    """CPU seconds (user + system) of this process's finished children and theirs: on a shared machine the CPU a
-    run took says more than its wall time (img2dataset's processes are all reaped by the time it exits)."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def run_ours_http(args: argparse.Namespace, manifest: str, output: str) -> tuple[float, float, float]:
-    """(whole-process seconds, CPU seconds of the process tree up to Ray's shutdown, images/s inside the stage)."""
-    command = [sys.executable, os.path.abspath(__file__), "--http-child", "--child-manifest", manifest,
-               "--child-output", output, "--num-cpus", str(args.num_cpus), "--image-size", str(args.image_size),
-               "--shard-rows", str(args.shard_rows), "--ray-address", args.ray_address]
-    start = time.perf_counter()
-    done = subprocess.run(command, check=False, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if done.returncode:
-        raise RuntimeError(f"HTTP ingest child failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    figures = json.loads(done.stdout.strip().splitlines()[-1])
-    return seconds, figures["cpu_s"], figures["images_per_s"]
-
-
-def run_img2dataset(args: argparse.Namespace, urls: str, output: str, rows: int) -> tuple[float, float]:
-    """(whole-process seconds, CPU seconds) of img2dataset on the URL list (`--i2d-processes` × `--i2d-threads`, Parquet out,
-    resized and centre-cropped to the ingest size); raises unless every URL came out."""
-    shutil.rmtree(output, ignore_errors=True)
-    command = [args.img2dataset, "--url_list", urls, "--input_format", "parquet", "--url_col", "url",
-               "--output_format", "parquet", "--output_folder", output, "--processes_count",
-               str(args.i2d_processes), "--thread_count", str(args.i2d_threads), "--image_size",
-               str(args.image_size), "--resize_mode", "center_crop", "--enable_wandb", "False"]
-    cpu, start = children_cpu_s(), time.perf_counter()
-    done = subprocess.run(command, check=False, capture_output=True, text=True,
-                          env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
-    seconds, cpu = time.perf_counter() - start, children_cpu_s() - cpu
-    if done.returncode:
-        raise RuntimeError(f"img2dataset failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    ok = sum(json.loads(Path(output, f).read_text())["successes"] for f in os.listdir(output)
-             if f.endswith("_stats.json"))
-    if ok != rows:
-        raise RuntimeError(f"img2dataset wrote {ok} of {rows} images: see {output}")
-    return seconds, cpu
-
-
-def compare_http(args: argparse.Namespace, manifest: str, n_images: int) -> dict[str, float]:
-    """(h): our ingest (segmenter none) and img2dataset, whole processes, `--runs` each, interleaved so load
-    drifts hit both; medians."""
-    if storage.is_s3(manifest):
-        print("(h) skipped: the HTTP comparison serves a local GeoWorld folder")
-        return {}
-    nginx = shutil.which(args.nginx) or args.nginx
-    if not os.path.exists(nginx):
-        print(f"(h) skipped: no nginx at {args.nginx!r} (apt-get install nginx-light, or --nginx PATH)")
-        return {}
-    work = os.path.join(os.path.abspath(args.work_dir), "http")
-    os.makedirs(work, exist_ok=True)
-    server, base_url = start_nginx(nginx, os.path.dirname(manifest), work)
-    try:
-        ours_manifest, urls = http_manifests(manifest, base_url, args.http_repeat, work)
-        rows = n_images * args.http_repeat
-        print(f"(h) {rows} URLs ({n_images} images under {args.http_repeat} ids) on nginx {base_url}, "
-              f"→ {args.image_size} px, {args.runs} whole-process runs each")
-        if not args.img2dataset:
-            print("(h) img2dataset column skipped: give --img2dataset PATH (its own venv: python3 -m venv V; "
-                  "V/bin/pip install img2dataset==1.47.0; --img2dataset V/bin/img2dataset)")
-        ours, ours_cpu, inside, theirs, theirs_cpu = [], [], [], [], []
-        for run in range(args.runs):
-            seconds, cpu, rate = run_ours_http(args, ours_manifest, os.path.join(work, "out_ours"))
-            ours.append(seconds)
-            ours_cpu.append(cpu)
-            inside.append(rate)
-            line = f"(h) run {run + 1}: ours {seconds:.1f} s, {cpu:.0f} CPU s ({rate:.0f} images/s inside the stage)"
-            if args.img2dataset:
-                seconds, cpu = run_img2dataset(args, urls, os.path.join(work, "out_img2dataset"), rows)
-                theirs.append(seconds)
-                theirs_cpu.append(cpu)
-                line += f"; img2dataset {seconds:.1f} s, {cpu:.0f} CPU s"
-            print(f"{line}; load {load()}", flush=True)
-    finally:
-        server.terminate()
-        server.wait()
-    figures = {"h_ours_s": statistics.median(ours), "h_ours_cpu": statistics.median(ours_cpu),
-               "h_inside": statistics.median(inside), "h_rows": rows}
-    if theirs:
-        figures["h_img2dataset_s"] = statistics.median(theirs)
-        figures["h_img2dataset_cpu"] = statistics.median(theirs_cpu)
-    return figures
-
-
-# ----------------------------------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -382,13 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rss-rows", type=int, nargs=2, default=[20_000, 200_000])
     parser.add_argument("--rss-files", type=int, default=64, help="distinct small image files the RSS rows reuse")
     parser.add_argument("--rss-source-size", type=int, default=64)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["a", "b", "c", "d", "e", "h"])
-    parser.add_argument("--runs", type=int, default=3, help="(h) whole-process runs of each tool (median)")
-    parser.add_argument("--http-repeat", type=int, default=6, help="(h) each image under this many ids (URLs)")
-    parser.add_argument("--img2dataset", help="(h) the img2dataset executable (its own venv); none: column skipped")
-    parser.add_argument("--i2d-processes", type=int, default=2, help="(h) img2dataset --processes_count")
-    parser.add_argument("--i2d-threads", type=int, default=16, help="(h) img2dataset --thread_count")
-    parser.add_argument("--nginx", default="nginx", help="(h) the nginx executable serving the images")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["a", "b", "c", "d", "e"])
     parser.add_argument("--num-cpus", type=int, default=os.cpu_count(), help="CPUs of the benchmark's Ray")
     parser.add_argument("--ray-address", default="local", help='"local": a private Ray for this run')
     parser.add_argument("--work-dir", default="runs/bench_ingest", help="local folder (cache, outputs)")
@@ -398,12 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child-manifest", help=argparse.SUPPRESS)
     parser.add_argument("--child-output", help=argparse.SUPPRESS)
     parser.add_argument("--child-segmenter", help=argparse.SUPPRESS)
-    parser.add_argument("--http-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rss_child:
         return rss_child(args)
-    if args.http_child:
-        return http_child(args)
     if bool(args.s3_endpoint_url) != bool(args.s3_root):
         parser.error("--s3-endpoint-url and --s3-root go together")
 
@@ -491,9 +289,6 @@ def main(argv: list[str] | None = None) -> int:
         lo, hi = sorted(args.rss_rows)
         figures["e"] = rss[hi]["peak_rss_mb"] / rss[lo]["peak_rss_mb"]
 
-    if "h" not in args.skip:
-        figures.update(compare_http(args, manifest, len(uris)))
-
     print(f"load average after: {load()}")
     print("summary:")
     verdicts = []
@@ -512,19 +307,6 @@ def main(argv: list[str] | None = None) -> int:
         verdicts.append(ok)
         print(f"  (e) peak driver RSS {max(args.rss_rows):,} / {min(args.rss_rows):,} rows: {figures['e']:.2f} "
               f"(target <= {TARGET_RSS_RATIO}): {'PASS' if ok else 'FAIL'}")
-    if "h_ours_s" in figures:
-        rows, ours = figures["h_rows"], figures["h_ours_s"]
-        print(f"  (h) HTTP, {rows:.0f} URLs on nginx (loopback), median of {args.runs} whole-process runs:")
-        print(f"      {'':<24}{'seconds':>9}{'images/s':>10}{'per core':>10}{'CPU s':>8}")
-        print(f"      {'ours (segmenter none)':<24}{ours:>9.1f}{rows / ours:>10.0f}{rows / ours / cores:>10.0f}"
-              f"{figures['h_ours_cpu']:>8.0f}   ({figures['h_inside']:.0f} images/s inside the stage)")
-        if "h_img2dataset_s" in figures:
-            theirs = figures["h_img2dataset_s"]
-            print(f"      {'img2dataset':<24}{theirs:>9.1f}{rows / theirs:>10.0f}{rows / theirs / cores:>10.0f}"
-                  f"{figures['h_img2dataset_cpu']:>8.0f}")
-            ok = ours <= theirs
-            verdicts.append(ok)
-            print(f"      ours / img2dataset time: {ours / theirs:.2f} (target <= 1.00): {'PASS' if ok else 'FAIL'}")
     return 0 if all(verdicts) else 1
 
 

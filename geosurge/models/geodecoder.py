@@ -21,7 +21,6 @@ finest-cell probability products under that scene are averaged over the views (a
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,7 +28,7 @@ from torch import nn
 from geosurge.config import ModelConfig
 from geosurge.models.backbone import Backbone
 from geosurge.models.factory import register_model
-from geosurge.models.hierarchy import HierarchySpec, ancestor_log_sums, level_cross_entropy
+from geosurge.models.hierarchy import AncestorSums, HierarchySpec, level_cross_entropy
 from geosurge.models.tta import prediction_views
 from geosurge.segmentation.ade20k import ADE20K_ID
 
@@ -172,9 +171,7 @@ class GeoDecoder(nn.Module):
 
         self.register_buffer("ancestors", torch.from_numpy(hierarchy.ancestors()), persistent=False)
         self.register_buffer("finest_latlon", torch.from_numpy(hierarchy.latlon()), persistent=False)
-        for level in range(1, len(hierarchy.num_cells)):  # exact scoring sums ancestors top-down
-            parents = np.asarray(hierarchy.parents[level], dtype=np.int64)
-            self.register_buffer(f"parents_{level}", torch.from_numpy(parents), persistent=False)
+        self.ancestor_sums = AncestorSums(hierarchy)  # exact scoring sums ancestors top-down
 
     @property
     def num_levels(self) -> int:
@@ -232,8 +229,7 @@ class GeoDecoder(nn.Module):
         """[B, n_finest]: log of (finest-cell probability × its ancestors' probabilities) under `scene`'s queries."""
         rows = torch.arange(len(scene), device=scene.device)
         log_probs = [F.log_softmax(logits[rows, scene].float(), dim=-1) for logits in level_logits]
-        parents = [getattr(self, f"parents_{l}") for l in range(1, self.num_levels)]
-        return ancestor_log_sums(log_probs, parents, in_place=not torch.is_grad_enabled())
+        return self.ancestor_sums(log_probs, in_place=not torch.is_grad_enabled())
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         level_logits, scene_logits = self.decode(batch["image"])

@@ -22,7 +22,7 @@ from torch import nn
 from geosurge.config import ModelConfig
 from geosurge.models.backbone import Backbone
 from geosurge.models.factory import register_model
-from geosurge.models.hierarchy import HierarchySpec, ancestor_log_sums, level_cross_entropy
+from geosurge.models.hierarchy import AncestorSums, HierarchySpec, level_cross_entropy
 from geosurge.models.tta import ten_crop_views
 from geosurge.segmentation.ade20k import NUM_ADE20K_CLASSES
 
@@ -140,9 +140,7 @@ class GeoSurge(nn.Module):
             ptr, children = child_index(hierarchy.parents[level], hierarchy.num_cells[level - 1])
             self.register_buffer(f"child_ptr_{level}", torch.from_numpy(ptr), persistent=False)
             self.register_buffer(f"children_{level}", torch.from_numpy(children), persistent=False)
-            # Exact scoring sums ancestors top-down: each level-l cell's parent at level l-1.
-            parents = np.asarray(hierarchy.parents[level], dtype=np.int64)
-            self.register_buffer(f"parents_{level}", torch.from_numpy(parents), persistent=False)
+        self.ancestor_sums = AncestorSums(hierarchy)  # exact scoring sums ancestors top-down
 
     @property
     def num_levels(self) -> int:
@@ -225,8 +223,7 @@ class GeoSurge(nn.Module):
     def finest_log_scores(self, v: torch.Tensor) -> torch.Tensor:
         """[B, n_finest]: log of (finest-cell probability × all its ancestors' probabilities)."""
         log_probs = [F.log_softmax(logits.float(), dim=-1) for logits in self.level_logits(v)]
-        parents = [getattr(self, f"parents_{l}") for l in range(1, self.num_levels)]
-        return ancestor_log_sums(log_probs, parents, in_place=not torch.is_grad_enabled())
+        return self.ancestor_sums(log_probs, in_place=not torch.is_grad_enabled())
 
     def temperatures(self) -> torch.Tensor:
         return self.log_temperature.exp().clamp(min=1e-3)

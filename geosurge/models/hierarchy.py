@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from geosurge.geo.geocells import IGNORE_CELL, GeocellHierarchy
 
@@ -34,6 +35,23 @@ def ancestor_log_sums(
         parent_sums = out.index_select(1, parent)
         out = level_log_probs.add_(parent_sums) if in_place else level_log_probs + parent_sums
     return out
+
+
+class AncestorSums(nn.Module):
+    """`ancestor_log_sums` over one hierarchy: holds each level's parent index as a non-persistent buffer (it
+    follows the model's device and dtype moves, and stays out of its state dict) and sums top-down."""
+
+    def __init__(self, hierarchy: HierarchySpec):
+        super().__init__()
+        self.num_levels = len(hierarchy.num_cells)
+        for level in range(1, self.num_levels):
+            parents = np.asarray(hierarchy.parents[level], dtype=np.int64)
+            self.register_buffer(f"parents_{level}", torch.from_numpy(parents), persistent=False)
+
+    def forward(self, log_probs: list[torch.Tensor], in_place: bool = False) -> torch.Tensor:
+        """Per-level log probabilities [B, n_l] → [B, n_finest] (see `ancestor_log_sums`)."""
+        parents = [getattr(self, f"parents_{level}") for level in range(1, self.num_levels)]
+        return ancestor_log_sums(log_probs, parents, in_place)
 
 
 @dataclass(frozen=True)

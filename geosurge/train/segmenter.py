@@ -2,7 +2,7 @@
 
 No scene-segmentation weights reach our machines, so until now the ingest stage ran a random-init SegFormer.
 GeoWorld saves an exact ADE20K label map beside every image (`label_uri`), which is enough to train a small
-SegFormer (MiT-b0 by default) on the CPU in a few minutes. The result is saved as a complete transformers
+SegFormer (by default a MiT-b0 at half its widths, one block per stage) on the CPU in a few minutes. The result is saved as a complete transformers
 checkpoint (`save_pretrained` of the model and a `SegformerImageProcessor`), so
 `geosurge.segmentation.segmenter.load_segmenter(folder)` and `ingest.segmenter=<folder>` load it exactly as they would
 load a hub checkpoint.
