@@ -33,7 +33,7 @@ def _config(tmp_path, tracking_uri, run_name, *overrides):
 
 
 def test_a_rerun_continues_the_unfinished_run_of_its_name_and_never_a_finished_one(tmp_path, tracking_uri, capsys):
-    config = _config(tmp_path, tracking_uri, "nightly")
+    config = _config(tmp_path, tracking_uri, "nightly", "train.epochs=8")
     first = start_mlflow_run(config).info.run_id
     mlflow.end_run("FAILED")
     other = start_mlflow_run(_config(tmp_path, tracking_uri, "other")).info.run_id  # another name: its own run
