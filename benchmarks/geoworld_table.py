@@ -4,7 +4,8 @@
 
 For each seed, one GeoWorld (`geoworld.seed`, and `train.seed` alike) is generated and ingested once, with its
 ground-truth label maps as the segmenter (an oracle: the fusion ablation only means something when label maps
-carry information), stored at twice the patch grid so that a per-patch class histogram sees a mix of classes.
+carry information), stored at 16 × 16, a multiple of the backbone's patch grid, so that a per-patch class histogram
+sees a mix of classes (at the patch grid itself, histogram and majority-class tokens are the same).
 Each variant then trains through the real pipeline trainer (Ray Train + DeepSpeed ZeRO-2, 2 CPU workers), is
 evaluated on the test split, and lands as one row: the five accuracies, median error and GeoScore. The last
 table gives each row's mean over the seeds and its spread (± half the range), so a gap can be told from noise.
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--label-grid", type=int, default=16, help="stored label-map grid (the patch grid is 8)")
+    parser.add_argument("--label-grid", type=int, default=16, help="stored label-map grid: a multiple of the backbone's patch grid")
     parser.add_argument("--out", default="runs/geoworld_table")
     parser.add_argument("--only", action="append", default=[], help="run only variants whose name contains this")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every variant")
