@@ -200,8 +200,9 @@ class GeoDecoderConfig:
 class ModelConfig:
     name: str = "geosurge"  # see geosurge.models.list_models()
     backbone: str = "vit_tiny_patch16_224"
-    # the laptop default: a 4-block ViT on 16-px patches (a 4×4 grid, so each patch's label histogram holds 2×2 cells of
-    # the stored 8×8 label map); an epoch costs about a third of 8-px patches', and it learned GeoWorld better (README, "The demo")
+    # the laptop default: a 4-block ViT on 16-px patches (a 4×4 grid, so each patch's label histogram holds 2×2 cells
+    # of the stored 8×8 label map); an epoch costs about a third of 8-px patches', and it learned GeoWorld better
+    # (README, "The demo")
     backbone_kwargs: dict[str, Any] = field(default_factory=lambda: {"img_size": 64, "patch_size": 16, "depth": 4})
     pretrained: bool = False  # True: hub weights (needs internet); efficientnet_lite0 loads the weights its package ships
     # a backbone weights file (local or s3://; safetensors or a torch state dict) staged for clusters without
