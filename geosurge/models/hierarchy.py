@@ -39,7 +39,7 @@ def ancestor_log_sums(
 
 class AncestorSums(nn.Module):
     """`ancestor_log_sums` over one hierarchy: holds each level's parent index as a non-persistent buffer (it
-    follows the model's device and dtype moves, and stays out of its state dict) and sums top-down."""
+    moves with the model's device and stays out of its state dict) and sums top-down."""
 
     def __init__(self, hierarchy: HierarchySpec):
         super().__init__()
