@@ -1,6 +1,6 @@
 """Benchmark: throughput of the Ray Train + DeepSpeed training loop against a bare single-process PyTorch loop.
 
-    python benchmarks/train_overhead.py [--images 1500] [--epochs 3] [--workers 2] [--batch-size 32]
+    python benchmarks/train_overhead.py [--images 1500] [--epochs 3] [--workers 2] [--batch-size 32] [--stream-too]
 
 Both sides, in one run: the same model (the run config's default GeoSURGE), the same GeoWorld train split
 (ingested once, ground-truth label maps), the same batch size per process, AdamW with the same lr, weight
@@ -9,11 +9,13 @@ decay and gradient clipping, and the same number of optimizer steps per process.
   bare: the train split decoded once into memory, one process, `torch.set_num_threads(cores)`, a plain
         forward / backward / clip / AdamW step loop (after 2 warm-up steps);
   Ray:  the pipeline's own `geosurge.train.trainer.train` (TorchTrainer, `--workers` workers × 1 CPU, DeepSpeed
-        ZeRO-2 on gloo), shards streamed and JPEG-decoded by Ray Data every epoch. Its figure is the trainer's
-        own per-epoch `samples_per_s` (the training loop of each epoch: data wait, forward, backward, gradient
-        all-reduce, optimizer), averaged over the epochs after the first (DeepSpeed and Ray Data warm-up).
-        Augmentation and validation are off so both sides do the same work; the end-to-end fit time (worker
-        start, checkpoints) is printed too.
+        ZeRO-2 on gloo) on its defaults: shards streamed and JPEG-decoded by Ray Data in the first epoch, then
+        served from each worker's batch cache (`train.batch_cache_mb`). With `--stream-too` the same fit runs a
+        second time with `train.batch_cache_mb=0` (Ray Data reads and decodes every epoch), side by side.
+        Its figure is the trainer's own per-epoch `samples_per_s` (the training loop of each epoch: data wait,
+        forward, backward, gradient all-reduce, optimizer), averaged over the epochs after the first (DeepSpeed
+        and Ray Data warm-up). Augmentation and validation are off so both sides do the same work; the
+        end-to-end fit time (worker start, checkpoints) is printed too.
 
 Cores: the Ray loop uses `--workers` workers with one torch thread each, and its Ray Data feeding tasks run on
 the same cores. The bare loop runs twice, with 1 torch thread and with `--workers` threads. The per-core ratio is
@@ -27,6 +29,7 @@ Shards are generated into --out once and reused by later runs (delete --out afte
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import statistics
@@ -131,11 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="Ray workers = bare-loop torch threads = cores")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--out", default="runs/train_overhead")  # its MLflow run lands in <out>/mlflow.db
+    parser.add_argument("--stream-too", action="store_true",
+                        help="also fit with train.batch_cache_mb=0 (Ray Data every epoch), side by side")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     args = parser.parse_args(argv)
 
     out = Path(args.out).absolute()
-    shutil.rmtree(out / "ray_results", ignore_errors=True)  # a fresh fit, never a resume of an older one
     config = load_config(overrides=[
         f"output_dir={out}", "run_name=train-overhead", f"geoworld.num_images={args.images}",
         f"ingest.segmenter={GROUND_TRUTH_SEGMENTER}", f"train.num_workers={args.workers}", "train.cpus_per_worker=1",
@@ -160,6 +164,56 @@ def main(argv: list[str] | None = None) -> int:
           f"{os.cpu_count()} cores on this machine", flush=True)
 
     load_before = os.getloadavg()[0]
+    fits = {"batch cache (default)": ray_fit(config, shards_uri, hierarchy, hierarchy_uri, measured_steps, args)}
+    if args.stream_too:
+        streamed = dataclasses.replace(config, run_name="train-overhead-streamed",
+                                       train=dataclasses.replace(config.train, batch_cache_mb=0))
+        fits["streamed every epoch"] = ray_fit(streamed, shards_uri, hierarchy, hierarchy_uri, measured_steps, args)
+
+    # The bare loop at 1 thread (its best per-core figure on small models) and at `cores` threads (same cores as
+    # Ray); the ratio is taken against the better per-core one of the two.
+    cores = args.workers
+    bare = {threads: bare_loop(config, hierarchy, shards_uri, measured_steps, threads) for threads in sorted({1, cores})}
+    best_threads = max(bare, key=lambda t: bare[t][0] / t)
+    print(f"\nload average (1 min): {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end "
+          f"(the machine is shared; {os.cpu_count()} cores)")
+    bare_cpu = max(per_cpu for _, per_cpu in bare.values())
+    for name, fit in fits.items():
+        ratio = (fit.samples_per_s / cores) / (bare[best_threads][0] / best_threads)
+        print(f"Ray Train + DeepSpeed ZeRO-{config.train.zero_stage}, {name}: {fit.samples_per_s:7.1f} samples/s on "
+              f"{cores} cores = {fit.samples_per_s / cores:6.1f} per core ({args.workers} workers x 1 thread; epochs "
+              f"after warm-up: {', '.join(f'{v:.1f}' for v in fit.epochs)}); fit {fit.fit_seconds:.0f} s end to end "
+              f"for {args.epochs} epochs")
+        print(f"    per CPU-second: {fit.per_worker_cpu:6.1f} samples (training workers' own CPU time); "
+              f"{fit.per_tree_cpu:6.1f} samples (every process of this Ray: workers, Ray Data feeding, controller, "
+              f"checkpoints, and Ray's own GCS/raylet/dashboard daemons, from the end of epoch 0 to the end of the "
+              f"fit)")
+        print(f"    per-core ratio Ray / bare ({best_threads} thread(s), the better per core): {ratio:.2f} "
+              f"(target >= {TARGET_PER_CORE_RATIO}: {'met' if ratio >= TARGET_PER_CORE_RATIO else 'NOT met'}); "
+              f"per-CPU-second ratio (load-independent): {fit.per_worker_cpu / bare_cpu:.2f} training workers only, "
+              f"{fit.per_tree_cpu / bare_cpu:.2f} whole Ray run")
+    for threads, (value, per_cpu) in bare.items():
+        print(f"bare PyTorch loop, 1 process: {value:7.1f} samples/s on {threads} core(s) = {value / threads:6.1f} "
+              f"per core; {per_cpu:6.1f} samples per CPU-second ({threads} torch thread(s), {measured_steps} steps, "
+              f"data in memory)")
+    return 0
+
+
+@dataclasses.dataclass
+class RayFit:
+    epochs: list[float]  # samples/s of each epoch after the first
+    per_worker_cpu: float  # samples per CPU-second of the training workers
+    per_tree_cpu: float  # samples per CPU-second of every process of this Ray
+    fit_seconds: float
+
+    @property
+    def samples_per_s(self) -> float:
+        return statistics.mean(self.epochs)
+
+
+def ray_fit(config, shards_uri: str, hierarchy, hierarchy_uri: str, measured_steps: int, args) -> RayFit:
+    """One fresh fit through the pipeline's trainer, with its own MLflow run; its figures after the first epoch."""
+    shutil.rmtree(Path(config.output_dir) / "ray_results", ignore_errors=True)  # never a resume of the last fit
     run = start_mlflow_run(config)
     meter = RayCpuMeter(config.resolved_tracking_uri, run.info.run_id)
     meter.start()
@@ -174,36 +228,10 @@ def main(argv: list[str] | None = None) -> int:
         return [m.value for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
                 if m.step >= 1]
 
-    ray_epochs = after_warm_up("samples_per_s")
-    ray_samples_per_s = statistics.mean(ray_epochs)
     measured_samples = measured_steps * args.batch_size * args.workers
-    ray_per_worker_cpu = measured_samples / sum(after_warm_up("train_cpu_seconds"))
-
-    # The bare loop at 1 thread (its best per-core figure on small models) and at `cores` threads (same cores as
-    # Ray); the ratio is taken against the better per-core one of the two.
-    cores = args.workers
-    bare = {threads: bare_loop(config, hierarchy, shards_uri, measured_steps, threads) for threads in sorted({1, cores})}
-    best_threads = max(bare, key=lambda t: bare[t][0] / t)
-    ratio = (ray_samples_per_s / cores) / (bare[best_threads][0] / best_threads)
-    print(f"\nload average (1 min): {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end "
-          f"(the machine is shared; {os.cpu_count()} cores)")
-    print(f"Ray Train + DeepSpeed ZeRO-{config.train.zero_stage}: {ray_samples_per_s:7.1f} samples/s on {cores} cores "
-          f"= {ray_samples_per_s / cores:6.1f} per core ({args.workers} workers x 1 thread; epochs after warm-up: "
-          f"{', '.join(f'{v:.1f}' for v in ray_epochs)}); fit {fit_seconds:.0f} s end to end for {args.epochs} epochs")
-    print(f"    per CPU-second: {ray_per_worker_cpu:6.1f} samples (training workers' own CPU time); "
-          f"{measured_samples / tree_cpu:6.1f} samples (every process of this Ray: workers, Ray Data feeding, "
-          f"controller, checkpoints, and Ray's own GCS/raylet/dashboard daemons; {tree_cpu:.0f} CPU-s from the end "
-          f"of epoch 0 to the end of the fit)")
-    for threads, (value, per_cpu) in bare.items():
-        print(f"bare PyTorch loop, 1 process: {value:7.1f} samples/s on {threads} core(s) = {value / threads:6.1f} "
-              f"per core; {per_cpu:6.1f} samples per CPU-second ({threads} torch thread(s), {measured_steps} steps, "
-              f"data in memory)")
-    print(f"per-core ratio Ray / bare ({best_threads} thread(s), the better per core): {ratio:.2f} "
-          f"(target >= {TARGET_PER_CORE_RATIO}: {'met' if ratio >= TARGET_PER_CORE_RATIO else 'NOT met'})")
-    bare_cpu = max(per_cpu for _, per_cpu in bare.values())
-    print(f"per-CPU-second ratio Ray / bare (load-independent): {ray_per_worker_cpu / bare_cpu:.2f} training workers "
-          f"only, {measured_samples / tree_cpu / bare_cpu:.2f} whole Ray run")
-    return 0
+    return RayFit(epochs=after_warm_up("samples_per_s"),
+                  per_worker_cpu=measured_samples / sum(after_warm_up("train_cpu_seconds")),
+                  per_tree_cpu=measured_samples / tree_cpu, fit_seconds=fit_seconds)
 
 
 def split_rows_or_zero(shards_uri: str, config) -> int:

@@ -266,6 +266,9 @@ class TrainConfig:
     max_failures: int = 2  # worker-group restarts from the latest checkpoint after a lost worker
     log_every_n_steps: int = 10  # per-step MLflow metrics every N optimizer steps (rank 0)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # MiB of decoded batches a worker keeps in memory per split: a split whose worker part fits is read from the
+    # shards once, then served from memory every epoch (augmented afresh); 0: stream every split every epoch
+    batch_cache_mb: int = 512
     # a torch state dict (local path or s3://) the model starts from instead of its initialisation: fine-tuning
     # (the retraining job points it at the champion's weights); a resumed run takes its checkpoint instead
     init_weights: str | None = None
@@ -274,6 +277,8 @@ class TrainConfig:
         if self.placement_strategy not in PLACEMENT_STRATEGIES:
             raise ValueError(f"train.placement_strategy must be one of {', '.join(PLACEMENT_STRATEGIES)}, "
                              f"got {self.placement_strategy!r}")
+        if self.batch_cache_mb < 0:
+            raise ValueError(f"train.batch_cache_mb must be ≥ 0 (0: no cache), got {self.batch_cache_mb}")
 
 
 @dataclass

@@ -35,6 +35,7 @@ from geosurge.data.shards import model_dataset, split_rows
 from geosurge.geo.geocells import GeocellHierarchy
 from geosurge.layout import DataRoot, RunFolder
 from geosurge.train.augment import augmented
+from geosurge.train.batch_cache import decoded_bytes_per_row, split_fits
 from geosurge.train.worker import (
     DEFAULT_EXTENSIONS_DIR,
     TrainState,
@@ -72,7 +73,14 @@ def build_trainer(
     if not has_val:
         warnings.warn(f"split {tc.val_split!r} has {val_rows} rows for {tc.num_workers} workers: no validation, "
                       "no early stopping; the latest checkpoint is the result", stacklevel=3)
-    datasets = {"train": augmented(model_dataset(shards_uri, "train", hierarchy, config.s3), tc.augment)}
+    # A train split whose worker parts fit the batch cache is augmented by the workers (on cached batches, afresh
+    # every epoch); a larger one streams through Ray Data's augmentation, which overlaps the model's steps.
+    augment_in_worker = tc.augment.enabled and split_fits(
+        split_rows(shards_uri, "train", config.s3), tc.num_workers,
+        decoded_bytes_per_row(config.ingest.image_size, config.ingest.label_grid, hierarchy.num_levels),
+        tc.batch_cache_mb * 2**20)
+    train_ds = model_dataset(shards_uri, "train", hierarchy, config.s3)
+    datasets = {"train": train_ds if augment_in_worker else augmented(train_ds, tc.augment)}
     if has_val:
         datasets["val"] = model_dataset(shards_uri, tc.val_split, hierarchy, config.s3)
     worker_config = dataclasses.replace(config, s3=config.s3.without_secrets())
@@ -88,6 +96,7 @@ def build_trainer(
             "mlflow_run_id": mlflow_run_id,
             "mlflow_tracking_uri": config.resolved_tracking_uri,
             "has_val": has_val,
+            "augment_in_worker": augment_in_worker,
         },
         scaling_config=ScalingConfig(
             num_workers=tc.num_workers,

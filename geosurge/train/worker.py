@@ -9,12 +9,14 @@ duplicates a step in the metric history.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import math
 import os
 import tempfile
 import time
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +30,8 @@ from geosurge.device import device_for
 from geosurge.geo.geocells import GeocellHierarchy
 from geosurge.models import create_model
 from geosurge.tracking.metrics import MlflowMetricWriter
+from geosurge.train.augment import augment_batch
+from geosurge.train.batch_cache import EpochBatches
 from geosurge.train.checkpoints import agreed_checkpoint
 
 DEFAULT_EXTENSIONS_DIR = str(Path.home() / ".cache" / "geosurge" / "torch_extensions")
@@ -89,14 +93,14 @@ def _all_ranks_sum(values: list[float], device: torch.device) -> list[float]:
 
 
 @torch.no_grad()
-def validation_loss(engine, shard, batch_size: int) -> tuple[float, int]:
-    """Mean loss over every rank's validation shard, and the number of images it covers (0: no validation data).
+def validation_loss(engine, batches: Iterable[dict[str, torch.Tensor]]) -> tuple[float, int]:
+    """Mean loss over every rank's validation batches, and the number of images they cover (0: no validation data).
 
     Every rank runs the same number of forward passes (Ray splits the shard into equal parts), which ZeRO-3's
     per-layer all-gathers need."""
     engine.eval()
     loss_sum, count = torch.zeros((), dtype=torch.float64, device=engine.device), 0
-    for batch in shard.iter_torch_batches(batch_size=batch_size, drop_last=False):
+    for batch in batches:
         n = len(batch["lat"])
         loss_sum += engine(batch)["loss"].detach().double() * n
         count += n
@@ -135,8 +139,16 @@ class TrainWorker:
             if checkpoint:
                 self.writer.record_resume(self.state.epoch)
         self.state.pending_metrics = []
-        self.train_shard = ray.train.get_dataset_shard("train")
-        self.val_shard = ray.train.get_dataset_shard("val") if loop_config["has_val"] else None
+        budget = self.tc.batch_cache_mb * 2**20
+        augment_here = loop_config.get("augment_in_worker", False)
+        # a train split that Ray Data augments is streamed every epoch: caching it would freeze one augmentation
+        self.train_batches = EpochBatches(
+            ray.train.get_dataset_shard("train"), self.tc.batch_size, drop_last=True, device=self.engine.device,
+            budget_bytes=budget if augment_here or not self.tc.augment.enabled else 0,
+            transform=functools.partial(augment_batch, config=self.tc.augment) if augment_here else None)
+        self.val_batches = EpochBatches(
+            ray.train.get_dataset_shard("val"), self.tc.batch_size, drop_last=False, device=self.engine.device,
+            budget_bytes=budget) if loop_config["has_val"] else None
 
     def _engine(self, hierarchy: GeocellHierarchy):
         import deepspeed
@@ -194,7 +206,7 @@ class TrainWorker:
         loss_sum = torch.zeros((), dtype=torch.float64, device=engine.device)  # summed on device: no sync per step
         window_loss = torch.zeros_like(loss_sum)
         samples = window_samples = window_batches = batches = 0
-        for batch in self.train_shard.iter_torch_batches(batch_size=tc.batch_size, drop_last=True):
+        for batch in self.train_batches:
             steps_before = engine.global_steps
             loss = engine(batch)["loss"]
             engine.backward(loss)
@@ -215,8 +227,9 @@ class TrainWorker:
         seconds = time.time() - started
         train_loss_total, train_batches, cpu_seconds = _all_ranks_sum(
             [float(loss_sum), float(batches), time.process_time() - cpu_started], engine.device)
-        val_loss, val_images = (validation_loss(engine, self.val_shard, tc.batch_size) if self.val_shard is not None
+        val_loss, val_images = (validation_loss(engine, self.val_batches) if self.val_batches is not None
                                 else (math.nan, 0))
+        self._settle_batch_caches()
         state.epoch, state.global_step = epoch, engine.global_steps
         if val_images:
             state.update(val_loss, epoch, tc.early_stopping_patience, tc.early_stopping_min_delta)
@@ -241,6 +254,20 @@ class TrainWorker:
             with deepspeed.zero.GatheredParameters([log_temperature], enabled=tc.zero_stage == 3):
                 metrics["temperature_finest"] = float(log_temperature[-1].detach().exp())
         return metrics, pending
+
+    def _settle_batch_caches(self) -> None:
+        """After the first epoch: keep the splits every rank holds whole in memory, stream the others."""
+        pending = [b for b in (self.train_batches, self.val_batches) if b is not None and b.pending]
+        if not pending:
+            return
+        holding = _all_ranks_sum([float(b.holds_whole_part) for b in pending], self.engine.device)
+        for batches, ranks in zip(pending, holding):
+            batches.agree(ranks == self.world_size)
+        if self.rank == 0:
+            kept = [f"{name} {b.cached_bytes / 2**20:.2f} MiB" for name, b in
+                    (("train", self.train_batches), ("val", self.val_batches)) if b is not None and b.cached]
+            print(f"[train] batches kept in memory for the next epochs: {', '.join(kept) or 'none'} "
+                  f"(train.batch_cache_mb={self.tc.batch_cache_mb} per split)", flush=True)
 
     def _checkpoint(self, metrics: dict, pending: list[Metric]) -> None:
         """Every rank saves and reports the epoch's checkpoint; only then does rank 0 write the epoch's metrics."""

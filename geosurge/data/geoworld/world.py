@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from geosurge.config import GeoWorldConfig
+from geosurge.data.geoworld.land_mask import is_land
 from geosurge.data.gps_gallery import GEOCLIP_GALLERY, load_gps_gallery
 from geosurge.geo.distance import EARTH_RADIUS_KM, haversine_km, latlon_to_unit_xyz
 from geosurge.segmentation.ade20k import ADE20K_ID
@@ -110,9 +111,7 @@ def _continents() -> dict[str, str]:
 
 
 def _is_land(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
-    from global_land_mask import globe
-
-    return np.asarray(globe.is_land(np.clip(lat, -89.99, 89.99), (lon + 180.0) % 360.0 - 180.0), dtype=bool)
+    return is_land(np.clip(lat, -89.99, 89.99), (lon + 180.0) % 360.0 - 180.0)
 
 
 @functools.lru_cache(maxsize=8)
