@@ -203,11 +203,10 @@ class GeoSurge(nn.Module):
         return F.normalize(self.head(self.head_norm(cls[:, 0])), dim=-1)
 
     def level_logits(self, v: torch.Tensor) -> list[torch.Tensor]:
+        """[B, n_l] logits v·g/τ per level. v/τ is taken before the product: a [B, D] operation instead of a
+        [B, n_l] pass over every cell."""
         temperature = self.temperatures()
-        if torch.is_grad_enabled():
-            return [v @ self.unit_cells(l).t() / temperature[l] for l in range(self.num_levels)]
-        # without autograd, in place: the same values, one [B, n] allocation and pass fewer per level
-        return [(v @ self.unit_cells(l).t()).div_(temperature[l]) for l in range(self.num_levels)]
+        return [(v / temperature[l]) @ self.unit_cells(l).t() for l in range(self.num_levels)]
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         v = self.embed(batch["image"], batch.get("label_map"))
