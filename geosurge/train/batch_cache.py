@@ -3,9 +3,10 @@ when the worker's part of the split fits a byte budget.
 
 Why: each epoch of a streamed split is a fresh Ray Data execution (read, JPEG decode, cell assignment), and on a
 split of a few thousand small images that start-up, not the model, dominates the epoch: a py-spy profile of a
-rank-0 worker on the demo found it waiting for val batches 29 % of its time and for train batches 24 %. A cached
-split gives the same batches in the same order, so losses are unchanged; training augmentation is applied here,
-afresh on every epoch, to the cached un-augmented batches.
+rank-0 worker on the demo found it waiting for val batches 29 % of its time and for train batches 24 %. The val
+split comes back from memory exactly as it was read (the same losses); the train split is dealt into new batches
+every epoch (a streamed split is not shuffled at all), and training augmentation is applied here, afresh on every
+epoch, to the cached un-augmented rows.
 
 Ray Data's streaming split needs every rank to read its part in every epoch, so ranks agree (`agree`) on whether
 every one of them holds its whole part before any of them stops streaming.
@@ -25,22 +26,31 @@ class EpochBatches:
     """Iterate once per epoch: `for batch in batches` yields dicts of tensors on `device`.
 
     `transform` (training augmentation) runs on every batch of every epoch, after the cache; `budget_bytes` bounds
-    the decoded arrays kept (0: never cache, stream every epoch)."""
+    the decoded arrays kept (0: never cache, stream every epoch). With `shuffle_seed`, each epoch served from memory
+    deals the part's rows into batches in a new random order (same batch count and sizes, so every rank still
+    runs the same number of steps); without it, the batches of the first pass come back as they were."""
 
     def __init__(self, shard, batch_size: int, *, drop_last: bool, budget_bytes: int, device: torch.device,
-                 transform: Callable[[Batch], Batch] | None = None):
+                 transform: Callable[[Batch], Batch] | None = None, shuffle_seed: int | list[int] | None = None):
         self.shard, self.batch_size, self.drop_last = shard, batch_size, drop_last
         self.budget_bytes, self.device, self.transform = budget_bytes, device, transform
-        self.cached: list[Batch] | None = None  # set once every rank holds its whole part
+        self.shuffle = np.random.default_rng(shuffle_seed) if shuffle_seed is not None else None
         self.cached_bytes = 0
+        self._rows: Batch | None = None  # the part's rows, once every rank holds its whole part (see `agree`)
+        self._sizes: list[int] = []  # the first pass's batch sizes
         self._candidate: list[Batch] | None = None  # this rank's whole part after its first pass, before `agree`
         # "first pass" → "pending" (the pass is over, or the budget ran out) → "settled" (`agree` was called)
         self._state = "first pass" if budget_bytes > 0 else "settled"
 
+    @property
+    def in_memory(self) -> bool:
+        """Epochs are served from memory (every rank agreed)."""
+        return self._rows is not None
+
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         filling: list[Batch] | None = None
-        if self.cached is not None:
-            batches: Iterator[Batch] = iter(self.cached)
+        if self._rows is not None:
+            batches: Iterator[Batch] = self._from_memory()
         else:
             batches = self.shard.iter_batches(batch_size=self.batch_size, batch_format="numpy",
                                               drop_last=self.drop_last)
@@ -61,6 +71,19 @@ class EpochBatches:
         if filling is not None:
             self._candidate, self.cached_bytes, self._state = filling, size, "pending"
 
+    def _from_memory(self) -> Iterator[Batch]:
+        rows = self._rows
+        total = sum(self._sizes)
+        order = self.shuffle.permutation(total) if self.shuffle is not None else None
+        start = 0
+        for size in self._sizes:
+            if order is None:
+                yield {k: v[start:start + size] for k, v in rows.items()}
+            else:
+                picked = np.sort(order[start:start + size])  # sorted: gathers read memory in order
+                yield {k: v[picked] for k, v in rows.items()}
+            start += size
+
     @property
     def pending(self) -> bool:
         """The first pass is over (or ran out of budget) and the ranks have not agreed yet."""
@@ -72,9 +95,11 @@ class EpochBatches:
 
     def agree(self, every_rank_holds_its_part: bool) -> None:
         """Serve from memory from now on only if every rank can; otherwise free the cache and keep streaming."""
-        self.cached = self._candidate if every_rank_holds_its_part else None
-        self._candidate, self._state = None, "settled"
-        if self.cached is None:
+        batches, self._candidate, self._state = self._candidate, None, "settled"
+        if every_rank_holds_its_part:  # an empty part too: every rank must stop reading the shard together
+            self._sizes = [len(next(iter(b.values()))) for b in batches]
+            self._rows = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]} if batches else {}
+        else:
             self.cached_bytes = 0
 
 

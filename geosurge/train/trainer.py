@@ -1,7 +1,8 @@
 """Ray Train `TorchTrainer` with DeepSpeed: the same loop on a laptop's CPUs and on a GPU cluster.
 
-Each epoch trains on the streamed `train` shard (augmented), measures the validation loss on the streamed
-`val` shard, then every rank `engine.save_checkpoint`s and `ray.train.report(checkpoint=...)`s; Ray merges the
+Each epoch trains on the `train` shard (augmented), measures the validation loss on the `val` shard (both read
+through Ray Data; a split whose part per worker fits `train.batch_cache_mb` is read once and then served from
+the worker's memory, the train rows reshuffled every epoch: `batch_cache.py`), then every rank `engine.save_checkpoint`s and `ray.train.report(checkpoint=...)`s; Ray merges the
 ranks' files into one checkpoint and keeps the best ones by validation loss (and always the latest). Training
 stops early after `early_stopping_patience` epochs without a validation gain.
 

@@ -145,7 +145,8 @@ class TrainWorker:
         self.train_batches = EpochBatches(
             ray.train.get_dataset_shard("train"), self.tc.batch_size, drop_last=True, device=self.engine.device,
             budget_bytes=budget if augment_here or not self.tc.augment.enabled else 0,
-            transform=functools.partial(augment_batch, config=self.tc.augment) if augment_here else None)
+            transform=functools.partial(augment_batch, config=self.tc.augment) if augment_here else None,
+            shuffle_seed=[self.tc.seed, self.rank])
         self.val_batches = EpochBatches(
             ray.train.get_dataset_shard("val"), self.tc.batch_size, drop_last=False, device=self.engine.device,
             budget_bytes=budget) if loop_config["has_val"] else None
@@ -265,9 +266,10 @@ class TrainWorker:
             batches.agree(ranks == self.world_size)
         if self.rank == 0:
             kept = [f"{name} {b.cached_bytes / 2**20:.2f} MiB" for name, b in
-                    (("train", self.train_batches), ("val", self.val_batches)) if b is not None and b.cached]
-            print(f"[train] batches kept in memory for the next epochs: {', '.join(kept) or 'none'} "
-                  f"(train.batch_cache_mb={self.tc.batch_cache_mb} per split)", flush=True)
+                    (("train", self.train_batches), ("val", self.val_batches)) if b is not None and b.in_memory]
+            print(f"[train] splits served from memory from now on: {', '.join(kept) or 'none'} "
+                  f"(train.batch_cache_mb={self.tc.batch_cache_mb} per split; train rows reshuffled every epoch)",
+                  flush=True)
 
     def _checkpoint(self, metrics: dict, pending: list[Metric]) -> None:
         """Every rank saves and reports the epoch's checkpoint; only then does rank 0 write the epoch's metrics."""

@@ -1,5 +1,5 @@
-"""EpochBatches on a real Ray Data iterator: cached batches equal the streamed ones, the budget bounds the cache, and
-ranks that disagree keep streaming."""
+"""EpochBatches on a real Ray Data iterator: batches from memory equal the streamed ones (or are reshuffled), the
+budget bounds the cache, and ranks that disagree keep streaming."""
 
 import numpy as np
 import ray
@@ -24,7 +24,7 @@ def test_a_part_that_fits_is_served_from_memory_after_the_ranks_agree(ray_local)
     batches = EpochBatches(_iterator(), 16, drop_last=True, budget_bytes=ROWS * ROW_BYTES, device=torch.device("cpu"))
     first = _epoch(batches)
     assert [len(b["lat"]) for b in first] == [16, 16, 16]  # drop_last: the 2 remaining rows are not a batch
-    assert batches.pending and batches.holds_whole_part and batches.cached is None
+    assert batches.pending and batches.holds_whole_part and not batches.in_memory
     batches.agree(True)
     assert not batches.pending and batches.cached_bytes == 48 * ROW_BYTES
     batches.shard = None  # from now on nothing may read the shard
@@ -41,7 +41,7 @@ def test_over_budget_streams_every_epoch_and_frees_the_cache(ray_local):
     assert sum(len(b["lat"]) for b in first) == ROWS  # every row still reaches the loop
     assert batches.pending and not batches.holds_whole_part
     batches.agree(False)
-    assert batches.cached is None and batches.cached_bytes == 0
+    assert not batches.in_memory and batches.cached_bytes == 0
     assert sum(len(b["lat"]) for b in _epoch(batches)) == ROWS  # streamed again
 
 
@@ -50,7 +50,7 @@ def test_a_rank_that_holds_its_part_still_streams_when_another_does_not(ray_loca
     _epoch(batches)
     assert batches.holds_whole_part
     batches.agree(False)  # another rank ran out of budget: Ray's split needs every rank reading every epoch
-    assert batches.cached is None and not batches.pending
+    assert not batches.in_memory and not batches.pending
     assert sum(len(b["lat"]) for b in _epoch(batches)) == ROWS
 
 
@@ -74,7 +74,7 @@ def test_the_transform_runs_afresh_on_cached_batches_every_epoch(ray_local):
 def test_zero_budget_never_caches(ray_local):
     batches = EpochBatches(_iterator(), 16, drop_last=False, budget_bytes=0, device=torch.device("cpu"))
     _epoch(batches)
-    assert not batches.pending and batches.cached is None
+    assert not batches.pending and not batches.in_memory
 
 
 def test_split_fits_counts_the_largest_worker_part():
@@ -83,3 +83,26 @@ def test_split_fits_counts_the_largest_worker_part():
     assert split_fits(1601, 2, per_row, 801 * per_row)  # parts of 801 and 800 rows
     assert not split_fits(1601, 2, per_row, 800 * per_row)
     assert not split_fits(10, 2, per_row, 0)
+
+
+def test_a_shuffled_part_deals_every_row_once_per_epoch_in_a_new_order(ray_local):
+    batches = EpochBatches(_iterator(), 16, drop_last=True, budget_bytes=ROWS * ROW_BYTES,
+                           device=torch.device("cpu"), shuffle_seed=[0, 1])
+    first = _epoch(batches)
+    batches.agree(True)
+    seen = [np.concatenate([b["lat"] for b in epoch]) for epoch in (_epoch(batches), _epoch(batches))]
+    for epoch in seen:  # the first pass's rows (drop_last kept 48 of 50), each once, in batches of 16
+        assert sorted(epoch) == sorted(np.concatenate([b["lat"] for b in first]))
+    assert [len(b["lat"]) for b in first] == [16, 16, 16]
+    assert not np.array_equal(seen[0], seen[1])  # a new order every epoch
+    for epoch in _epoch(batches), _epoch(batches):
+        for b in epoch:  # an image still travels with its own row
+            np.testing.assert_array_equal(b["image"][:, 0, 0, 0], b["lat"].astype(np.uint8))
+
+
+def test_an_empty_part_is_held_too_so_every_rank_stops_reading_together(ray_local):
+    empty = ray.data.from_items([{"lat": 0.0}]).limit(0).iterator()
+    batches = EpochBatches(empty, 16, drop_last=False, budget_bytes=1024, device=torch.device("cpu"))
+    assert _epoch(batches) == []
+    batches.agree(True)
+    assert batches.in_memory and _epoch(batches) == []

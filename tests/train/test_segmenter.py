@@ -14,6 +14,7 @@ from geosurge.train.segmenter import (
     METRICS_FILE,
     SegmenterTrainConfig,
     confusion_matrix,
+    decoder_grid_labels,
     evaluate_segmenter,
     iou_scores,
     load_split,
@@ -95,3 +96,19 @@ def test_cli_trains_a_segmenter(world, tmp_path, capsys):
     metrics = json.loads((out / METRICS_FILE).read_text())
     assert metrics["train_images"] == 64 and metrics["epochs"] == 1 and (out / "config.json").exists()
     assert f"ingest.segmenter={out}" in capsys.readouterr().out
+
+
+def test_decoder_grid_labels_are_the_majority_of_each_4x4_block():
+    labels = np.zeros((2, 8, 8), np.uint8)
+    labels[0, :4, :4] = 7  # a whole block
+    labels[0, :2, 4:] = 9  # 8 of the top-right block's 16 pixels: a tie with 0 goes to the lower id
+    labels[1, 4:, 4:7] = 3  # 12 of 16: the majority
+    grid = decoder_grid_labels(labels)
+    assert grid.shape == (2, 2, 2)
+    np.testing.assert_array_equal(grid[0], [[7, 0], [0, 0]])
+    np.testing.assert_array_equal(grid[1], [[0, 0], [0, 3]])
+
+
+def test_an_unknown_loss_resolution_is_refused():
+    with pytest.raises(ValueError, match="loss_resolution"):
+        SegmenterTrainConfig(loss_resolution="full")
