@@ -277,6 +277,9 @@ class TrainConfig:
     # MiB of decoded batches a worker keeps in memory per split: a split whose worker part fits is read from the
     # shards once, then served from memory every epoch (augmented afresh); 0: stream every split every epoch
     batch_cache_mb: int = 512
+    # rows a worker mixes while it streams the train split (shards keep the manifest's order, which may follow place
+    # or photographer); a split served from memory is reshuffled whole every epoch. 0: no shuffle buffer
+    shuffle_buffer_rows: int = 2048
     # a torch state dict (local path or s3://) the model starts from instead of its initialisation: fine-tuning
     # (the retraining job points it at the champion's weights); a resumed run takes its checkpoint instead
     init_weights: str | None = None
@@ -285,6 +288,8 @@ class TrainConfig:
         if self.placement_strategy not in PLACEMENT_STRATEGIES:
             raise ValueError(f"train.placement_strategy must be one of {', '.join(PLACEMENT_STRATEGIES)}, "
                              f"got {self.placement_strategy!r}")
+        if self.shuffle_buffer_rows < 0:
+            raise ValueError(f"train.shuffle_buffer_rows must be ≥ 0 (0: none), got {self.shuffle_buffer_rows}")
         if self.batch_cache_mb < 0:
             raise ValueError(f"train.batch_cache_mb must be ≥ 0 (0: no cache), got {self.batch_cache_mb}")
 

@@ -28,11 +28,14 @@ class EpochBatches:
     `transform` (training augmentation) runs on every batch of every epoch, after the cache; `budget_bytes` bounds
     the decoded arrays kept (0: never cache, stream every epoch). With `shuffle_seed`, each epoch served from memory
     deals the part's rows into batches in a new random order (same batch count and sizes, so every rank still
-    runs the same number of steps); without it, the batches of the first pass come back as they were."""
+    runs the same number of steps); without it, the batches of the first pass come back as they were.
+    `shuffle_buffer_rows` mixes the rows of streamed epochs (the first pass included) in a buffer of that many."""
 
     def __init__(self, shard, batch_size: int, *, drop_last: bool, budget_bytes: int, device: torch.device,
-                 transform: Callable[[Batch], Batch] | None = None, shuffle_seed: int | list[int] | None = None):
+                 transform: Callable[[Batch], Batch] | None = None, shuffle_seed: int | list[int] | None = None,
+                 shuffle_buffer_rows: int = 0):
         self.shard, self.batch_size, self.drop_last = shard, batch_size, drop_last
+        self.shuffle_buffer_rows = shuffle_buffer_rows  # streamed epochs: Ray Data's local shuffle buffer (0: none)
         self.budget_bytes, self.device, self.transform = budget_bytes, device, transform
         self.shuffle = np.random.default_rng(shuffle_seed) if shuffle_seed is not None else None
         self.cached_bytes = 0
@@ -53,7 +56,8 @@ class EpochBatches:
             batches: Iterator[Batch] = self._from_memory()
         else:
             batches = self.shard.iter_batches(batch_size=self.batch_size, batch_format="numpy",
-                                              drop_last=self.drop_last)
+                                              drop_last=self.drop_last,
+                                              local_shuffle_buffer_size=self.shuffle_buffer_rows or None)
             if self._state == "first pass":
                 filling = []
         size = 0

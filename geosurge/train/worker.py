@@ -146,7 +146,7 @@ class TrainWorker:
             ray.train.get_dataset_shard("train"), self.tc.batch_size, drop_last=True, device=self.engine.device,
             budget_bytes=budget if augment_here or not self.tc.augment.enabled else 0,
             transform=functools.partial(augment_batch, config=self.tc.augment) if augment_here else None,
-            shuffle_seed=[self.tc.seed, self.rank])
+            shuffle_seed=[self.tc.seed, self.rank], shuffle_buffer_rows=self.tc.shuffle_buffer_rows)
         self.val_batches = EpochBatches(
             ray.train.get_dataset_shard("val"), self.tc.batch_size, drop_last=False, device=self.engine.device,
             budget_bytes=budget) if loop_config["has_val"] else None

@@ -106,3 +106,10 @@ def test_an_empty_part_is_held_too_so_every_rank_stops_reading_together(ray_loca
     assert _epoch(batches) == []
     batches.agree(True)
     assert batches.in_memory and _epoch(batches) == []
+
+
+def test_a_streamed_part_is_mixed_in_the_shuffle_buffer_and_keeps_every_row(ray_local):
+    batches = EpochBatches(_iterator(), 10, drop_last=False, budget_bytes=0, device=torch.device("cpu"),
+                           shuffle_buffer_rows=40)
+    lat = np.concatenate([b["lat"] for b in _epoch(batches)])
+    assert sorted(lat) == list(range(ROWS)) and not np.array_equal(lat, np.arange(ROWS))
