@@ -11,7 +11,8 @@ decay and gradient clipping, and the same number of optimizer steps per process.
   Ray:  the pipeline's own `geosurge.train.trainer.train` (TorchTrainer, `--workers` workers × 1 CPU, DeepSpeed
         ZeRO-2 on gloo) on its defaults: shards streamed and JPEG-decoded by Ray Data in the first epoch, then
         served from each worker's batch cache (`train.batch_cache_mb`). With `--stream-too` the same fit runs a
-        second time with `train.batch_cache_mb=0` (Ray Data reads and decodes every epoch), side by side.
+        second time with `train.batch_cache_mb=0` (Ray Data reads and decodes every epoch, its rows mixed in the
+        default `train.shuffle_buffer_rows`), side by side.
         Its figure is the trainer's own per-epoch `samples_per_s` (the training loop of each epoch: data wait,
         forward, backward, gradient all-reduce, optimizer), averaged over the epochs after the first (DeepSpeed
         and Ray Data warm-up). Augmentation and validation are off so both sides do the same work; the

@@ -177,6 +177,9 @@ class SegmenterTrainConfig:
     def __post_init__(self) -> None:
         if self.loss_resolution not in ("decoder", "pixels"):
             raise ValueError(f"segmenter.loss_resolution must be 'decoder' or 'pixels', got {self.loss_resolution!r}")
+        if self.loss_resolution == "decoder" and self.image_size % 4:
+            raise ValueError(f"segmenter.loss_resolution=decoder needs an image size divisible by 4 (SegFormer's "
+                             f"output grid), got {self.image_size}; use loss_resolution=pixels")
 
 
 @dataclass

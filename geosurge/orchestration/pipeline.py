@@ -85,6 +85,8 @@ def check_pipeline_config(config: PipelineConfig) -> None:
                          "shi-labs/oneformer_ade20k_swin_large), a checkpoint folder (local or s3://), or none")
     if not 0 <= config.data.val_fraction < 1:
         raise ValueError(f"data.val_fraction must be in [0, 1), got {config.data.val_fraction}")
+    if config.ingest.segmenter == GEOWORLD_SEGMENTER:  # the segmenter trains at the ingest size: check it now
+        dataclasses.replace(config.segmenter, image_size=config.ingest.image_size)
 
 
 def manifest_identity(manifests: list[str], s3) -> list[dict]:

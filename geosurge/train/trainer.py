@@ -2,9 +2,10 @@
 
 Each epoch trains on the `train` shard (augmented), measures the validation loss on the `val` shard (both read
 through Ray Data; a split whose part per worker fits `train.batch_cache_mb` is read once and then served from
-the worker's memory, the train rows reshuffled every epoch: `batch_cache.py`), then every rank `engine.save_checkpoint`s and `ray.train.report(checkpoint=...)`s; Ray merges the
-ranks' files into one checkpoint and keeps the best ones by validation loss (and always the latest). Training
-stops early after `early_stopping_patience` epochs without a validation gain.
+the worker's memory, the train rows reshuffled every epoch: `batch_cache.py`), then every rank
+`engine.save_checkpoint`s and `ray.train.report(checkpoint=...)`s; Ray merges the ranks' files into one
+checkpoint and keeps the best ones by validation loss (and always the latest). Training stops early after
+`early_stopping_patience` epochs without a validation gain.
 
 Fault tolerance: a lost worker makes Ray restart the worker group from the latest checkpoint (up to
 `train.max_failures` times); a driver started again with the same run name and storage path resumes from it

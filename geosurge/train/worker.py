@@ -146,7 +146,9 @@ class TrainWorker:
             ray.train.get_dataset_shard("train"), self.tc.batch_size, drop_last=True, device=self.engine.device,
             budget_bytes=budget if augment_here or not self.tc.augment.enabled else 0,
             transform=functools.partial(augment_batch, config=self.tc.augment) if augment_here else None,
-            shuffle_seed=[self.tc.seed, self.rank], shuffle_buffer_rows=self.tc.shuffle_buffer_rows)
+            # the first epoch this worker runs is in the seed: a resumed run deals new orders, not the first ones again
+            shuffle_seed=[self.tc.seed, self.rank, self.state.epoch + 1],
+            shuffle_buffer_rows=self.tc.shuffle_buffer_rows)
         self.val_batches = EpochBatches(
             ray.train.get_dataset_shard("val"), self.tc.batch_size, drop_last=False, device=self.engine.device,
             budget_bytes=budget) if loop_config["has_val"] else None

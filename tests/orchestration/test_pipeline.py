@@ -46,6 +46,8 @@ def test_settings_refused_before_anything_starts(tmp_path):
         check_pipeline_config(load_config(overrides=[f"data.manifest={tmp_path}/m.csv"]))  # segmenter=geoworld
     with pytest.raises(ValueError, match="val_fraction"):
         check_pipeline_config(load_config(overrides=["data.val_fraction=1.5"]))
+    with pytest.raises(ValueError, match="divisible by 4"):  # the GeoWorld segmenter trains at the ingest size
+        check_pipeline_config(load_config(overrides=["ingest.image_size=66", "ingest.label_grid=6"]))
     check_pipeline_config(load_config())  # the embedded defaults run
 
 

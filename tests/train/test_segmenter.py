@@ -109,6 +109,9 @@ def test_decoder_grid_labels_are_the_majority_of_each_4x4_block():
     np.testing.assert_array_equal(grid[1], [[0, 0], [0, 3]])
 
 
-def test_an_unknown_loss_resolution_is_refused():
+def test_an_unknown_loss_resolution_or_a_size_the_decoder_grid_does_not_divide_is_refused():
     with pytest.raises(ValueError, match="loss_resolution"):
         SegmenterTrainConfig(loss_resolution="full")
+    with pytest.raises(ValueError, match="divisible by 4"):
+        SegmenterTrainConfig(image_size=66)
+    assert SegmenterTrainConfig(image_size=66, loss_resolution="pixels").image_size == 66

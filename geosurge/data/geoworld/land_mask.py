@@ -28,19 +28,26 @@ def land_mask_folder() -> Path:
 @functools.lru_cache(maxsize=1)
 def _packed() -> tuple[np.ndarray, np.ndarray]:
     """(the mask's rows bit-packed along longitude, memory-mapped; the grid [lat0, dlat, lat_lo, lat_hi, lon0, dlon,
-    lon_lo, lon_hi]), built from the package's file on first use."""
+    lon_lo, lon_hi]), built from the package's file on first use. An unwritable cache folder (a read-only home in
+    a container) costs speed, not correctness: the packed mask is then held in this process's memory."""
     folder = land_mask_folder()
     stem = f"globe-{version('global-land-mask')}"
     bits, grid = folder / f"{stem}.bits.npy", folder / f"{stem}.grid.npy"
-    if not (bits.exists() and grid.exists()):
-        from global_land_mask import globe  # the one slow import, once per machine
+    if bits.exists() and grid.exists():
+        return np.load(bits, mmap_mode="r"), np.load(grid)
+    from global_land_mask import globe  # the one slow import, once per machine
 
+    lat, lon = globe._lat, globe._lon
+    grid_values = np.array([lat[0], lat[1] - lat[0], lat.min(), lat.max(),
+                            lon[0], lon[1] - lon[0], lon.min(), lon.max()], np.float64)
+    packed = np.packbits(globe._mask, axis=1)  # True = ocean, as the package stores it
+    try:
         folder.mkdir(parents=True, exist_ok=True)
-        lat, lon = globe._lat, globe._lon
-        _write_atomically(grid, np.array([lat[0], lat[1] - lat[0], lat.min(), lat.max(),
-                                          lon[0], lon[1] - lon[0], lon.min(), lon.max()], np.float64))
-        _write_atomically(bits, np.packbits(globe._mask, axis=1))  # True = ocean, as the package stores it
-    return np.load(bits, mmap_mode="r"), np.load(grid)
+        _write_atomically(grid, grid_values)
+        _write_atomically(bits, packed)
+    except OSError:
+        pass
+    return packed, grid_values
 
 
 def _write_atomically(path: Path, array: np.ndarray) -> None:
@@ -49,6 +56,7 @@ def _write_atomically(path: Path, array: np.ndarray) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             np.save(f, array)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide a shared cache from other users
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
