@@ -139,6 +139,9 @@ class ServingConfig:
     allowed_uri_prefixes: tuple[str, ...] = ()  # e.g. ("s3://photos/incoming/",); empty: no uri is read
 
 
+SEGFORMER_OUTPUT_STRIDE = 4  # SegFormer predicts one logit map per 4×4 pixels
+
+
 @dataclass
 class SegmenterTrainConfig:
     """The offline segmenter `ingest.segmenter=geoworld` trains on GeoWorld's ground-truth label maps
@@ -177,9 +180,10 @@ class SegmenterTrainConfig:
     def __post_init__(self) -> None:
         if self.loss_resolution not in ("decoder", "pixels"):
             raise ValueError(f"segmenter.loss_resolution must be 'decoder' or 'pixels', got {self.loss_resolution!r}")
-        if self.loss_resolution == "decoder" and self.image_size % 4:
-            raise ValueError(f"segmenter.loss_resolution=decoder needs an image size divisible by 4 (SegFormer's "
-                             f"output grid), got {self.image_size}; use loss_resolution=pixels")
+        if self.loss_resolution == "decoder" and self.image_size % SEGFORMER_OUTPUT_STRIDE:
+            raise ValueError(f"segmenter.loss_resolution=decoder needs an image size divisible by "
+                             f"{SEGFORMER_OUTPUT_STRIDE} (SegFormer's output grid), got {self.image_size}; "
+                             "use loss_resolution=pixels")
 
 
 @dataclass

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from geosurge import storage
-from geosurge.config import SegmenterTrainConfig
+from geosurge.config import SEGFORMER_OUTPUT_STRIDE, SegmenterTrainConfig
 from geosurge.data.images import (
     ImageRejected,
     ImageSpec,
@@ -54,7 +54,6 @@ from geosurge.segmentation.ade20k import ADE20K_CLASSES, NUM_ADE20K_CLASSES, id2
 from geosurge.segmentation.segmenter import pool_logits_to_grid
 
 METRICS_FILE = "geosurge_metrics.json"
-SEGFORMER_OUTPUT_STRIDE = 4  # SegFormer predicts one logit map per 4×4 pixels
 IGNORE_INDEX = 255  # SegFormer's `semantic_loss_ignore_index`; ids >= num_labels are not scored either
 
 
