@@ -59,6 +59,11 @@ def to_model_batch(batch: pa.Table, hierarchy: GeocellHierarchy | None = None) -
     return out
 
 
+def decoded_bytes_per_row(image_size: int, label_grid: int, levels: int) -> int:
+    """Bytes of one `to_model_batch` row: uint8 image and label map, float64 lat/lon, int64 cells and scene."""
+    return image_size * image_size * 3 + label_grid * label_grid + 8 * (2 + levels + 1)
+
+
 def split_rows(shards_uri: str, split: str, s3: storage.S3Config | None = None) -> int:
     """Rows of `split` in the shards, counted from the `split` column alone (no image bytes are read)."""
     import pyarrow.dataset as pads

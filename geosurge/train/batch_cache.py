@@ -132,8 +132,3 @@ def _writable(array: np.ndarray) -> np.ndarray:
 def split_fits(rows: int, workers: int, bytes_per_row: int, budget_bytes: int) -> bool:
     """Whether one worker's part of a split of `rows` rows (Ray splits it evenly) fits `budget_bytes` decoded."""
     return budget_bytes > 0 and -(-rows // max(workers, 1)) * bytes_per_row <= budget_bytes
-
-
-def decoded_bytes_per_row(image_size: int, label_grid: int, levels: int) -> int:
-    """Bytes of one decoded model-batch row: uint8 image and label map, float64 lat/lon, int64 cells and scene."""
-    return image_size * image_size * 3 + label_grid * label_grid + 8 * (2 + levels + 1)

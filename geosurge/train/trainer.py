@@ -33,11 +33,11 @@ from ray.train.torch import TorchTrainer
 
 from geosurge import storage
 from geosurge.config import PipelineConfig
-from geosurge.data.shards import model_dataset, split_rows
+from geosurge.data.shards import decoded_bytes_per_row, model_dataset, split_rows
 from geosurge.geo.geocells import GeocellHierarchy
 from geosurge.layout import DataRoot, RunFolder
 from geosurge.train.augment import augmented
-from geosurge.train.batch_cache import decoded_bytes_per_row, split_fits
+from geosurge.train.batch_cache import split_fits
 from geosurge.train.worker import (
     DEFAULT_EXTENSIONS_DIR,
     TrainState,

@@ -5,7 +5,8 @@ import numpy as np
 import ray
 import torch
 
-from geosurge.train.batch_cache import EpochBatches, decoded_bytes_per_row, split_fits
+from geosurge.data.shards import decoded_bytes_per_row
+from geosurge.train.batch_cache import EpochBatches, split_fits
 
 ROWS = 50
 ROW_BYTES = 4 * 4 * 3 + 8  # image uint8 [4, 4, 3] + lat float64
