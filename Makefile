@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml
 	@start=$$(date +%s); $(PYTHON) -m venv $(VENV) && \
 	  { $(BIN)/pip install --upgrade pip && $(BIN)/pip install -e ".[test]"; } > $(INSTALL_LOG) 2>&1 \
 	  || { tail -n 25 $(INSTALL_LOG); echo "install: failed (whole output: $(INSTALL_LOG))"; exit 1; }; \
+	  $(BIN)/geosurge build-ops && \
 	  touch $(STAMP); echo "install: done in $$(( $$(date +%s) - start )) s"
 
 install: $(STAMP)

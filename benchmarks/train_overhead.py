@@ -1,6 +1,7 @@
 """Benchmark: throughput of the Ray Train + DeepSpeed training loop against a bare single-process PyTorch loop.
 
     python benchmarks/train_overhead.py [--images 1500] [--epochs 3] [--workers 2] [--batch-size 32] [--stream-too]
+        [--variant train.zero_stage=1 ...]
 
 Both sides, in one run: the same model (the run config's default GeoSURGE), the same GeoWorld train split
 (ingested once, ground-truth label maps), the same batch size per process, AdamW with the same lr, weight
@@ -12,7 +13,8 @@ decay and gradient clipping, and the same number of optimizer steps per process.
         ZeRO-2 on gloo) on its defaults: shards streamed and JPEG-decoded by Ray Data in the first epoch, then
         served from each worker's batch cache (`train.batch_cache_mb`). With `--stream-too` the same fit runs a
         second time with `train.batch_cache_mb=0` (Ray Data reads and decodes every epoch, its rows mixed in the
-        default `train.shuffle_buffer_rows`), side by side.
+        default `train.shuffle_buffer_rows`), side by side; each `--variant KEY=VALUE[;KEY=VALUE]` fits once more
+        with those overrides (another ZeRO stage, say), side by side too.
         Its figure is the trainer's own per-epoch `samples_per_s` (the training loop of each epoch: data wait,
         forward, backward, gradient all-reduce, optimizer), averaged over the epochs after the first (DeepSpeed
         and Ray Data warm-up). Augmentation and validation are off so both sides do the same work; the
@@ -138,14 +140,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stream-too", action="store_true",
                         help="also fit with train.batch_cache_mb=0 (Ray Data every epoch), side by side")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    parser.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE[;KEY=VALUE]",
+                        help="also fit with these overrides, side by side (e.g. train.zero_stage=1); repeatable")
     args = parser.parse_args(argv)
 
     out = Path(args.out).absolute()
-    config = load_config(overrides=[
+    base_overrides = [
         f"output_dir={out}", "run_name=train-overhead", f"geoworld.num_images={args.images}",
         f"ingest.segmenter={GROUND_TRUTH_SEGMENTER}", f"train.num_workers={args.workers}", "train.cpus_per_worker=1",
         f"train.batch_size={args.batch_size}", f"train.epochs={args.epochs}", "train.augment.enabled=false",
-        "train.val_split=", "train.early_stopping_patience=null", *args.set])
+        "train.val_split=", "train.early_stopping_patience=null", *args.set]
+    config = load_config(overrides=base_overrides)
     root = config.resolved_data_root
     init_ray(config)
     shards_uri = storage.join(root, "ingest", "shards")
@@ -165,11 +170,15 @@ def main(argv: list[str] | None = None) -> int:
           f"{os.cpu_count()} cores on this machine", flush=True)
 
     load_before = os.getloadavg()[0]
-    fits = {"batch cache (default)": ray_fit(config, shards_uri, hierarchy, hierarchy_uri, measured_steps, args)}
+    fits = {f"batch cache (default), ZeRO-{config.train.zero_stage}": ray_fit(config, shards_uri, hierarchy, hierarchy_uri, measured_steps, args)}
     if args.stream_too:
         streamed = dataclasses.replace(config, run_name="train-overhead-streamed",
                                        train=dataclasses.replace(config.train, batch_cache_mb=0))
         fits["streamed every epoch"] = ray_fit(streamed, shards_uri, hierarchy, hierarchy_uri, measured_steps, args)
+    for i, variant in enumerate(args.variant):
+        overrides = [kv.strip() for kv in variant.split(";") if kv.strip()]
+        varied = load_config(overrides=[*base_overrides, *overrides, f"run_name=train-overhead-variant{i}"])
+        fits[" ".join(overrides)] = ray_fit(varied, shards_uri, hierarchy, hierarchy_uri, measured_steps, args)
 
     # The bare loop at 1 thread (its best per-core figure on small models) and at `cores` threads (same cores as
     # Ray); the ratio is taken against the better per-core one of the two.
@@ -181,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     bare_cpu = max(per_cpu for _, per_cpu in bare.values())
     for name, fit in fits.items():
         ratio = (fit.samples_per_s / cores) / (bare[best_threads][0] / best_threads)
-        print(f"Ray Train + DeepSpeed ZeRO-{config.train.zero_stage}, {name}: {fit.samples_per_s:7.1f} samples/s on "
+        print(f"Ray Train + DeepSpeed, {name}: {fit.samples_per_s:7.1f} samples/s on "
               f"{cores} cores = {fit.samples_per_s / cores:6.1f} per core ({args.workers} workers x 1 thread; epochs "
               f"after warm-up: {', '.join(f'{v:.1f}' for v in fit.epochs)}); fit {fit.fit_seconds:.0f} s end to end "
               f"for {args.epochs} epochs")

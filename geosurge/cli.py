@@ -270,6 +270,15 @@ def _locate_text(args: argparse.Namespace) -> int:
     return locate_text_command(args, draw_map=world_map)
 
 
+def _build_ops(args: argparse.Namespace) -> int:
+    from geosurge.train.deepspeed_ops import build_deepspeed_ops
+
+    outcome = build_deepspeed_ops()
+    for op, what in outcome.items():
+        print(f"build-ops: {op}: {what}", flush=True)
+    return 0
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -368,6 +377,11 @@ def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
     seg.add_argument("--s3-endpoint-url", help="S3 endpoint for s3:// manifests (credentials from the AWS chain)")
     seg.add_argument("--quiet", action="store_true", help="no progress lines")
     seg.set_defaults(run=_train_segmenter)
+
+    build_ops = commands.add_parser("build-ops", parents=[common],
+                                    help="compile DeepSpeed's C++ ops for this machine once, into the cache every "
+                                    "training run uses ($TORCH_EXTENSIONS_DIR; `make install` runs it)")
+    build_ops.set_defaults(run=_build_ops)
 
     predict = commands.add_parser("predict", help="where were these photos taken? top-k places from a registered "
                                      "model (exit 1: some photos unreadable, the rest predicted)", parents=[common])

@@ -3,6 +3,8 @@ Training and evaluation both read shards through here."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -14,9 +16,37 @@ from geosurge.geo.geocells import GeocellHierarchy
 
 
 def read_split(shards_uri: str, split: str, s3: storage.S3Config | None = None) -> ray.data.Dataset:
+    """`split` of the shards as a Ray Data dataset: for work spread over the cluster (training's streaming split)."""
     fs, path = storage.resolve(shards_uri, s3)
     ds = ray.data.read_parquet(path, filesystem=fs)
     return ds.filter(expr=f"split == '{split}'")
+
+
+def split_batches(shards_uri: str, split: str, s3: storage.S3Config | None = None, batch_size: int = 64,
+                  columns: list[str] | None = None) -> Iterator[pa.Table]:
+    """`split` of the shards streamed into this process as tables of at most `batch_size` rows, in file order.
+
+    For work done in this process (evaluating a split in the driver, an input example): a Ray Data execution
+    would add seconds of task start-up and bring every row back here anyway. Memory stays at a few batches."""
+    import pyarrow.dataset as pads
+
+    fs, path = storage.resolve(shards_uri, s3)
+    scanner = pads.dataset(path, filesystem=fs, format="parquet").scanner(
+        columns=columns, filter=pc.field("split") == split, batch_size=batch_size)
+    pending: list[pa.RecordBatch] = []
+    rows = 0
+    for record_batch in scanner.to_batches():  # the scanner's batches may be smaller than asked: regroup them
+        if record_batch.num_rows == 0:
+            continue
+        pending.append(record_batch)
+        rows += record_batch.num_rows
+        while rows >= batch_size:
+            table = pa.Table.from_batches(pending)
+            yield table.slice(0, batch_size)
+            rest = table.slice(batch_size)
+            pending, rows = rest.to_batches(), rest.num_rows
+    if rows:
+        yield pa.Table.from_batches(pending)
 
 
 def model_dataset(

@@ -4,7 +4,8 @@ A benchmark is a manifest in any reader format (our own columns, GeoWorld's, the
 YFCC4k / YFCC26k CSVs as published, GWS15k in our columns; see `geosurge.data.manifest`) and optionally one split
 of it. Rows go through Ray Data `map_batches` into an actor pool (`ActorPoolStrategy`); each actor loads the model
 once from its URI and predicts from the image bytes it fetches with `storage.read_bytes` (averaged over ten crops
-when `eval.ten_crop`).
+when `eval.ten_crop`). A benchmark of at most `eval.in_driver_max_images` images evaluated on CPUs skips the pool:
+the same predictor runs in the calling process, where an actor's start-up would cost more than the work.
 
 Nothing is dropped silently: a row the manifest reader quarantines (bad coordinates, duplicate id, ...) or an
 image that cannot be fetched or decoded lands in `BenchmarkResult.failures` with its stage and reason, and
@@ -233,24 +234,25 @@ def evaluate_benchmarks(
     rows = pa.concat_tables(tables)
     rows = rows.append_column("_row", pa.array(np.arange(rows.num_rows), pa.int64()))
 
-    batch_size = config.eval.batch_size
-    predicted = (
-        ray.data.from_arrow(rows)
-        .repartition(max(1, min(64, -(-rows.num_rows // batch_size))))
-        .map_batches(
-            Predictor,
-            fn_constructor_args=(load_uri, tracking_uri, config.s3, config.eval.ten_crop, retry_policy(config),
-                                 config.ingest.max_image_bytes),
-            batch_size=batch_size,
-            batch_format="pyarrow",
-            compute=ActorPoolStrategy(size=config.eval.actors),
-            num_gpus=_num_gpus(config),
+    batch_size, num_gpus = config.eval.batch_size, _num_gpus(config)
+    predictor_args = (load_uri, tracking_uri, config.s3, config.eval.ten_crop, retry_policy(config),
+                      config.ingest.max_image_bytes)
+    if num_gpus == 0 and rows.num_rows <= config.eval.in_driver_max_images:
+        # A small benchmark on CPUs: an actor's start-up (a process, its imports, the model) costs more than the
+        # inference itself, so the same Predictor runs here, batch by batch.
+        predictor = Predictor(*predictor_args)
+        predicted = pa.concat_tables([predictor(rows.slice(i, batch_size))
+                                      for i in range(0, max(rows.num_rows, 1), batch_size)]).to_pandas()
+    else:
+        predicted = (
+            ray.data.from_arrow(rows)
+            .repartition(max(1, min(64, -(-rows.num_rows // batch_size))))
+            .map_batches(Predictor, fn_constructor_args=predictor_args, batch_size=batch_size, batch_format="pyarrow",
+                         compute=ActorPoolStrategy(size=config.eval.actors), num_gpus=num_gpus)
+            .to_pandas()
         )
-        .to_pandas()
-        # actors finish in any order: back to manifest order, so the metrics' float sums are the same every run
-        .sort_values("_row", kind="stable")
-        .reset_index(drop=True)
-    )
+    # actors finish in any order: back to manifest order, so the metrics' float sums are the same every run
+    predicted = predicted.sort_values("_row", kind="stable").reset_index(drop=True)
     seconds = time.time() - started
 
     results = {}

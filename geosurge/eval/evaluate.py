@@ -7,7 +7,7 @@ import pandas as pd
 import torch
 
 from geosurge import storage
-from geosurge.data.shards import read_split, to_model_batch
+from geosurge.data.shards import split_batches, to_model_batch
 from geosurge.geo.metrics import geolocation_metrics
 
 
@@ -25,8 +25,7 @@ def evaluate_split(
     `ten_crop` (eval.ten_crop): each prediction averaged over the 10 test-time views, as the paper evaluates."""
     model.eval()
     rows = []
-    ds = read_split(shards_uri, split, s3)
-    for batch in ds.iter_batches(batch_size=batch_size, batch_format="pyarrow"):
+    for batch in split_batches(shards_uri, split, s3, batch_size):
         arrays = to_model_batch(batch)
         out = model.predict(
             {"image": torch.from_numpy(arrays["image"]), "label_map": torch.from_numpy(arrays["label_map"])}, k,

@@ -38,8 +38,8 @@ from geosurge.geo.geocells import GeocellHierarchy
 from geosurge.layout import DataRoot, RunFolder
 from geosurge.train.augment import augmented
 from geosurge.train.batch_cache import split_fits
+from geosurge.train.deepspeed_ops import DEFAULT_EXTENSIONS_DIR
 from geosurge.train.worker import (
-    DEFAULT_EXTENSIONS_DIR,
     TrainState,
     deepspeed_config,
     train_loop_per_worker,

@@ -12,13 +12,11 @@ import dataclasses
 import functools
 import io
 import math
-import os
 import tempfile
 import time
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import ray.train
 import torch
@@ -33,8 +31,8 @@ from geosurge.tracking.metrics import MlflowMetricWriter
 from geosurge.train.augment import augment_batch
 from geosurge.train.batch_cache import EpochBatches
 from geosurge.train.checkpoints import agreed_checkpoint
+from geosurge.train.deepspeed_ops import use_extensions_cache
 
-DEFAULT_EXTENSIONS_DIR = str(Path.home() / ".cache" / "geosurge" / "torch_extensions")
 # Metric keys: per optimizer step (MLflow step = global optimizer step) and per epoch (MLflow step = epoch).
 STEP_METRICS = ("train_loss_step", "samples_per_s_step")
 EPOCH_METRICS = ("train_loss", "val_loss", "best_val_loss", "lr", "samples_per_s", "epoch_seconds", "train_cpu_seconds",
@@ -118,8 +116,7 @@ class TrainWorker:
     """One Ray Train worker: its DeepSpeed engine, its data shards, the run state and (rank 0) the metric writer."""
 
     def __init__(self, loop_config: dict):
-        # DeepSpeed JIT-compiles two small C++ ops on first use; a shared cache makes later runs skip it.
-        os.environ.setdefault("TORCH_EXTENSIONS_DIR", DEFAULT_EXTENSIONS_DIR)
+        use_extensions_cache()  # DeepSpeed's C++ ops, compiled once per machine (`geosurge build-ops`)
         # DeepSpeed calls torch.distributed collectives that torch deprecates; one warning per step drowns the log.
         warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
         self.config = PipelineConfig.from_dict(loop_config["config"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -27,6 +28,7 @@ from geosurge.data.geoworld import (
     write_manifest,
 )
 from geosurge.geo.distance import haversine_km
+from geosurge.storage import read_bytes
 from geosurge.segmentation.ade20k import ADE20K_ID, NUM_ADE20K_CLASSES
 
 # Few landmarks and a high share so that landmarks repeat within 60 images.
@@ -98,6 +100,16 @@ def test_generation_is_deterministic_and_independent_of_chunking(world: tuple[Pa
     m1, m2 = pd.read_parquet(root / "manifest.parquet"), pd.read_parquet(chunked / "manifest.parquet")
     cols = [c for c in MANIFEST_COLUMNS if c not in ("uri", "label_uri")]  # the roots differ
     pd.testing.assert_frame_equal(m1[cols], m2[cols])
+
+
+def test_a_bucket_root_gets_the_same_objects_written_concurrently(world: tuple[Path, pd.DataFrame], s3) -> None:
+    root, local = world
+    uri = generate_geoworld(CFG, "s3://geoworld-gen/world", s3, progress=False)
+    in_bucket = pd.read_parquet(io.BytesIO(read_bytes(uri, s3)))
+    assert in_bucket.uri.tolist() == [f"s3://geoworld-gen/world/images/{i}.jpg" for i in local.image_id]
+    for name, data in _files(root).items():
+        if name.startswith(("images/", "labels/")):
+            assert read_bytes(f"s3://geoworld-gen/world/{name}", s3) == data, name
 
 
 def test_different_seeds_differ(world: tuple[Path, pd.DataFrame], tmp_path: Path) -> None:

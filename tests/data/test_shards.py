@@ -1,10 +1,12 @@
-"""Shard rows → model batches: images, label maps, geocells at every level, and scene labels when present."""
+"""Shard rows → model batches: images, label maps, geocells at every level, and scene labels when present; one
+split of the shards streamed into this process in batches of the asked size."""
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from geosurge.data.images import encode_jpeg
-from geosurge.data.shards import to_model_batch
+from geosurge.data.shards import split_batches, split_rows, to_model_batch
 from geosurge.geo.geocells import GeocellHierarchy
 
 
@@ -42,3 +44,22 @@ def test_scene_labels_pass_through_with_missing_ones_marked_unknown():
 def test_cells_precomputed_at_ingest_are_used_without_a_hierarchy():
     rows = _shard_rows().append_column("cells", pa.array([[0, 3], [1, 7]], pa.list_(pa.int64())))
     assert to_model_batch(rows)["cells"].tolist() == [[0, 3], [1, 7]]
+
+
+def test_a_split_streams_in_batches_of_the_asked_size_across_shard_files(tmp_path):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    splits = ["train", "test", "val"]
+    for f in range(3):  # three files, each with its own row groups, rows of every split interleaved
+        ids = [f"f{f}_{i}" for i in range(25)]
+        pq.write_table(pa.table({"image_id": ids, "split": [splits[i % 3] for i in range(25)],
+                                 "image": [i.encode() for i in ids]}), shards / f"part-{f}.parquet", row_group_size=7)
+    expected = [f"f{f}_{i}" for f in range(3) for i in range(25) if i % 3 == 1]
+    assert len(expected) == 24
+    batches = list(split_batches(str(shards), "test", batch_size=5))
+    assert [b.num_rows for b in batches] == [5, 5, 5, 5, 4]
+    got = [i for b in batches for i in b.column("image_id").to_pylist()]
+    assert sorted(got) == sorted(expected) and len(got) == split_rows(str(shards), "test")
+    (only,) = list(split_batches(str(shards), "test", batch_size=100, columns=["image"]))
+    assert only.column_names == ["image"] and only.num_rows == len(expected)
+    assert list(split_batches(str(shards), "holdout")) == []

@@ -1,6 +1,7 @@
 """The eval job end to end in-process: a real MLflow sqlite registry with two tiny GeoSURGE versions (random
 weights vs trained), Ray Data inference on a local Ray, benchmarks in the GeoWorld and Im2GPS3k formats."""
 
+import dataclasses
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -29,7 +30,7 @@ from tests.eval.eval_helpers import (
     world_hierarchy,
 )
 
-pytestmark = pytest.mark.slow  # about a minute and a half: seven Ray Data passes, each loading a model
+pytestmark = pytest.mark.slow  # a minute or so: eight evaluations, each loading a model, one through Ray Data
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,9 @@ def world(tmp_path_factory, ray_local):
 def test_metrics_match_a_direct_computation_and_bad_rows_are_counted(world):
     bench = world.config.eval.benchmarks[1]
     uri = f"models:/geosurge/{world.trained}"
-    result = evaluate_model(uri, bench, world.config)
+    # through Ray Data's actor pool, as a benchmark too large to predict in the calling process goes
+    pool = dataclasses.replace(world.config, eval=dataclasses.replace(world.config.eval, in_driver_max_images=0))
+    result = evaluate_model(uri, bench, pool)
 
     # Every row is accounted for: 24 evaluated, the broken, missing and out-of-range ones reported with a reason.
     assert result.rows_in == 27 and result.evaluated == 24 and result.failed == 3 and result.reconciles
@@ -72,6 +75,17 @@ def test_metrics_match_a_direct_computation_and_bad_rows_are_counted(world):
     np.testing.assert_allclose(result.predictions.lat, csv.LAT)
     expected = geolocation_metrics(pred_lat, pred_lon, csv.LAT.to_numpy(), csv.LON.to_numpy())
     assert result.metrics == pytest.approx(expected, rel=1e-9)
+
+    # A benchmark this small (27 rows) is predicted in the calling process by default: the same rows, the same
+    # failures, the same predictions and metrics as the actor pool gives.
+    assert world.config.eval.in_driver_max_images >= result.rows_in
+    here = evaluate_model(uri, bench, world.config)
+    assert here.reconciles and here.failed_by_reason == result.failed_by_reason
+    # (Ray Data's pandas strings are Arrow-backed, pyarrow's are not: the values are compared)
+    pd.testing.assert_frame_equal(here.predictions, result.predictions, atol=1e-6, check_dtype=False)
+    pd.testing.assert_frame_equal(here.failures.reset_index(drop=True), result.failures.reset_index(drop=True),
+                                  check_dtype=False)
+    assert here.metrics == pytest.approx(result.metrics, rel=1e-6)
 
 
 @pytest.fixture(scope="module")

@@ -90,3 +90,15 @@ def test_the_metric_writer_logs_each_step_once_across_restarts(tmp_path, trackin
     history = client.get_metric_history(run_id, "loss")
     assert sorted(m.step for m in history) == [1, 2, 3, 4, 5, 6]
     assert {m.step: m.value for m in history}[3] == pytest.approx(1 / 3)  # the first write stands
+
+
+def test_the_default_tracking_keeps_runs_and_artifacts_with_the_run_not_in_the_cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # MLflow's own default would put artifacts in ./mlruns here
+    config = load_config(overrides=[f"output_dir={tmp_path / 'run'}", "run_name=local"])
+    assert config.resolved_tracking_uri == f"sqlite:///{tmp_path / 'run' / 'mlflow.db'}"
+    run = start_mlflow_run(config)
+    mlflow.log_text("x", "note.txt")
+    mlflow.end_run()
+    assert run.info.artifact_uri.startswith((tmp_path / "run" / "mlartifacts").as_uri())
+    assert (tmp_path / "run" / "mlflow.db").is_file() and not (tmp_path / "mlruns").exists()
+    assert list((tmp_path / "run" / "mlartifacts").rglob("note.txt"))

@@ -7,7 +7,7 @@ import pytest
 from geosurge.config import GeoWorldConfig, IngestConfig
 from geosurge.data.geoworld import generate_geoworld
 from geosurge.data.ingest import ingest
-from geosurge.data.shards import read_split, split_rows
+from geosurge.data.shards import split_batches, split_rows
 from geosurge.geo.geocells import GeocellHierarchy
 from geosurge.segmentation import GROUND_TRUTH_SEGMENTER
 
@@ -27,8 +27,8 @@ def small_shards(ray_local, tmp_path_factory) -> Shards:
     manifest = generate_geoworld(GeoWorldConfig(num_images=200, image_size=48), str(root / "geoworld"), progress=False)
     result = ingest(manifest, str(root / "ingest"),
                     IngestConfig(image_size=32, label_grid=4, segmenter=GROUND_TRUTH_SEGMENTER))
-    coords = read_split(result.shards_uri, "train").select_columns(["lat", "lon"]).to_pandas()
-    hierarchy = GeocellHierarchy.build(coords.lat.to_numpy(), coords.lon.to_numpy(), (100, 40), 4)
+    (coords,) = split_batches(result.shards_uri, "train", batch_size=10_000, columns=["lat", "lon"])
+    hierarchy = GeocellHierarchy.build(coords.column("lat").to_numpy(), coords.column("lon").to_numpy(), (100, 40), 4)
     hierarchy_uri = str(root / "geocells.parquet")
     hierarchy.save(hierarchy_uri)
     rows = {split: split_rows(result.shards_uri, split) for split in ("train", "val", "test")}

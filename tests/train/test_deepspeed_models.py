@@ -11,19 +11,28 @@ import torch
 
 from geosurge.config import GeoClipConfig, ModelConfig, TrainConfig
 from geosurge.models import HierarchySpec, create_model, list_models
-from geosurge.train.trainer import DEFAULT_EXTENSIONS_DIR, deepspeed_config
+from geosurge.train.deepspeed_ops import build_deepspeed_ops, use_extensions_cache
+from geosurge.train.trainer import deepspeed_config
 from tests.models.model_helpers import TINY_VIT, random_batch, small_hierarchy
 
 
 @pytest.fixture(scope="module")
 def process_group():
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", DEFAULT_EXTENSIONS_DIR)
+    use_extensions_cache()
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29400 + os.getpid() % 500), RANK="0",
                       WORLD_SIZE="1", LOCAL_RANK="0")
     if not torch.distributed.is_initialized():
         torch.distributed.init_process_group("gloo")
     yield
     torch.distributed.destroy_process_group()
+
+
+def test_the_ops_a_cpu_run_loads_are_built_ahead_into_the_shared_cache():
+    """`geosurge build-ops` (run by `make install`): the ops `deepspeed.initialize` loads on this CPU machine are
+    compiled once, into the cache the trainer's workers and this module's engines read, so no run compiles."""
+    outcome = build_deepspeed_ops()
+    assert set(outcome) == {"fused_adam", "deepspeed_shm_comm"}, outcome
+    assert all(what.startswith(f"ready in {os.environ['TORCH_EXTENSIONS_DIR']}") for what in outcome.values()), outcome
 
 
 @pytest.mark.parametrize("zero_stage, bf16", [(2, False), (3, False), (2, True)])  # bf16: the GPU recipe's setting

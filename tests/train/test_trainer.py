@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from ray.train.torch import TorchTrainer
 
 from geosurge.config import load_config
-from geosurge.data.shards import read_split, to_model_batch
+from geosurge.data.shards import split_batches, to_model_batch
 from geosurge.eval.evaluate import evaluate_split
 from geosurge.models import create_model
 from geosurge.segmentation.segmenter import Segmenter
@@ -158,7 +158,7 @@ def test_zero3_partitions_over_two_workers_and_consolidates_to_the_engines_model
                               "train.early_stopping_patience=null")
     torch.manual_seed(config.train.seed)
     initial = create_model(config.model, small_shards.hierarchy).state_dict()
-    probe = read_split(small_shards.uri, "test").take_batch(8, batch_format="pyarrow")
+    probe = next(split_batches(small_shards.uri, "test", batch_size=8))
     probe_in, probe_out = tmp_path / "probe_in.pt", tmp_path / "probe_out.pt"
     batch = {k: torch.from_numpy(v) for k, v in to_model_batch(probe, small_shards.hierarchy).items()}
     torch.save(batch, probe_in)

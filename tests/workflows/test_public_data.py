@@ -1,10 +1,12 @@
 """Real imagery end to end, as a lab would run it: photos on a web host, an MP-16-format CSV (IMG_ID, LAT, LON
 only) as the training manifest, an Im2GPS3k-format CSV as the benchmark, the paper's preset shrunk by
-configs/smoke.yaml, `ray job submit` on a Ray head, data in SeaweedFS S3, runs and models in an MLflow server.
+configs/smoke.yaml, `ray job submit` on a Ray head, data in SeaweedFS S3, runs and models in an MLflow server;
+what the job prints, what its MLflow run holds, and a consumer loading the model from the registry by alias.
 Nothing GeoWorld-specific is used on the way: the photos are written as plain JPEGs with no label maps, and the
 manifest has no split, scene, country or label column."""
 
 import csv
+import json
 import time
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from PIL import Image
 
 from geosurge import storage
 from geosurge.data.gps_gallery import sample_photo_coordinates
+from tests.workflows.workflow_helpers import ray_internal_lines
 
 TRAIN_PHOTOS = 240
 BENCHMARK_PHOTOS = 30
@@ -61,12 +64,13 @@ def test_mp16_csv_to_a_registered_model_evaluated_on_im2gps3k(s3, mlflow_server,
     host = http_folder(www)
 
     address, env = ray_head
+    run_dir = tmp_path / "run"
     bucket_root = f"s3://public-{time.time_ns()}/store"
     benchmark = (f"[{{name: im2gps3k, manifest: {benchmark_csv}, format: im2gps3k, "
                  f"images_root: {host}/im2gps3k}}]")
     common = [
         f"data.manifest={host}/mp16_places365.csv", "ingest.manifest_format=mp16", f"ingest.images_root={host}/mp16",
-        "data.val_fraction=0.1", f"eval.benchmarks={benchmark}", f"output_dir={tmp_path / 'run'}",
+        "data.val_fraction=0.1", f"eval.benchmarks={benchmark}", f"output_dir={run_dir}",
         f"data_root={bucket_root}", f"s3.endpoint_url={s3.endpoint_url}", f"s3.region={s3.region}",
         f"tracking.tracking_uri={mlflow_server}",
     ]
@@ -95,6 +99,8 @@ def test_mp16_csv_to_a_registered_model_evaluated_on_im2gps3k(s3, mlflow_server,
         assert metrics["challenger.im2gps3k.n"] == BENCHMARK_PHOTOS  # every benchmark photo, read over HTTP
         assert 0 <= metrics["challenger.im2gps3k.acc_2500km"] <= 100
         assert eval_run.data.tags["eval.ten_crop"] == "True"  # smoke keeps the paper's ten-crop evaluation on
+        if preset == "geosurge-mp16":
+            check_the_job_console_run_and_a_consumer(log, run_dir, client, model, www / "mp16" / train_ids[0])
 
     # the shards: every photo, split by the id hash, with only manifest columns we made (no GeoWorld column)
     fs, path = storage.resolve(f"{bucket_root}/ingest/shards", s3)
@@ -106,3 +112,32 @@ def test_mp16_csv_to_a_registered_model_evaluated_on_im2gps3k(s3, mlflow_server,
     assert all(uri.startswith(f"{host}/mp16/") for uri in shards.column("uri").to_pylist())
     print("\npublic-format end to end (ray job submit, seconds): "
           + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
+
+
+def check_the_job_console_run_and_a_consumer(log: str, run_dir: Path, client, model: str, photo: Path) -> None:
+    """What a user of `ray job submit` sees and gets: a quiet console (stage headers, progress and the summary;
+    Ray's internals in the run's logs folder), the whole config and the metrics in the MLflow run, and a model a
+    consumer loads from the registry by alias and asks where a photo was taken."""
+    assert "RANDOMLY INITIALISED" in log  # the run says its segmenter (smoke's tiny OneFormer) is untrained
+    assert not ray_internal_lines(log), "\n".join(ray_internal_lines(log)[:20])
+    assert "train [########################] 1/1 epochs" in log
+    assert f"logs: {run_dir / 'logs'}" in log
+    assert json.loads((run_dir / "summary.json").read_text())["model"].endswith("(version 1)")
+    assert "[train] epoch 1/1" in (run_dir / "logs" / "workers.log").read_text()
+
+    version = client.get_model_version_by_alias(model, "challenger")
+    run = client.get_run(version.run_id)
+    assert run.data.params["train.zero_stage"] == "2" and run.data.params["train.num_workers"] == "2"
+    # no test split in an MP-16 manifest: the pipeline checks the model on the held-out val rows
+    assert {"train_loss", "val_acc_2500km", "val_median_km", "ingest_shard_rows"} <= set(run.data.metrics)
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 1  # one point per epoch
+    assert run.data.tags["segmenter_random_init"] == "True"
+
+    import mlflow
+
+    mlflow.set_tracking_uri(client.tracking_uri)
+    loaded = mlflow.pyfunc.load_model(f"models:/{model}@champion")
+    (prediction,) = loaded.predict([photo.read_bytes()])
+    assert len(prediction.lat) == 5 and len(prediction.lon) == 5
+    assert all(-90 <= lat <= 90 for lat in prediction.lat) and all(-180 <= lon <= 180 for lon in prediction.lon)
+    assert prediction.score == sorted(prediction.score, reverse=True)

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 
 import numpy as np
@@ -18,7 +19,9 @@ from geosurge.config import GeoWorldConfig
 from geosurge.data.geoworld.render import render_image, scene_of
 from geosurge.data.geoworld.world import geoworld_locations
 from geosurge.layout import MANIFEST_FILE
-from geosurge.storage import S3Config, join, write_bytes, write_parquet
+from geosurge.storage import S3Config, is_s3, join, write_bytes, write_parquet
+
+S3_WRITERS = 8  # concurrent object writes to an s3:// root
 
 MANIFEST_COLUMNS = ["image_id", "uri", "label_uri", "lat", "lon", "split", "country", "continent", "climate",
                     "scene", "city", "landmark_id"]
@@ -52,17 +55,23 @@ def render_geoworld_range(config: GeoWorldConfig, locations: pd.DataFrame, root:
     """
     root = _normalise_root(root)
     rows = locations.iloc[start:stop].to_dict("records")
-    scenes = []
+    scenes, files = [], []
     for row in rows:
         rng = np.random.default_rng([config.seed, int(row["index"])])
         img, lab = render_image(row, rng, config.image_size)
         buf = io.BytesIO()
         img.save(buf, format="JPEG", quality=config.jpeg_quality)
-        write_bytes(image_uri(root, row["image_id"]), buf.getvalue(), s3)
+        files.append((image_uri(root, row["image_id"]), buf.getvalue()))
         buf = io.BytesIO()
         Image.fromarray(lab, "L").save(buf, format="PNG")
-        write_bytes(label_uri(root, row["image_id"]), buf.getvalue(), s3)
+        files.append((label_uri(root, row["image_id"]), buf.getvalue()))
         scenes.append(scene_of(lab))
+    if is_s3(root):  # one request (or more) per object: rendering is ~15x faster than writes one at a time
+        with ThreadPoolExecutor(S3_WRITERS) as pool:
+            list(pool.map(lambda file: write_bytes(*file, s3), files))
+    else:
+        for uri, data in files:
+            write_bytes(uri, data, s3)
     return scenes
 
 
