@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	@start=$$(date +%s); $(PYTHON) -m venv $(VENV) && \
 	  { $(BIN)/pip install --upgrade pip && $(BIN)/pip install -e ".[test]"; } > $(INSTALL_LOG) 2>&1 \
 	  || { tail -n 25 $(INSTALL_LOG); echo "install: failed (whole output: $(INSTALL_LOG))"; exit 1; }; \
-	  $(BIN)/geosurge build-ops && \
+	  $(BIN)/geosurge build-ops || { echo "install: geosurge build-ops failed"; exit 1; }; \
 	  touch $(STAMP); echo "install: done in $$(( $$(date +%s) - start )) s"
 
 install: $(STAMP)
@@ -23,7 +23,7 @@ demo: $(STAMP)  ## the whole pipeline on embedded defaults (local Ray, local fol
 	$(BIN)/geosurge run
 
 test: $(STAMP) postgres-server  ## every test, the Ray-job end-to-end test included
-	$(BIN)/pytest -q --durations=8
+	$(BIN)/pytest -q --durations=12
 
 # tests/infra runs the MLflow server as deployed on a real PostgreSQL: its server binaries (initdb, pg_ctl) come from
 # Debian's package, installed here when missing and we are root (as CI is); without root, install PostgreSQL yourself
