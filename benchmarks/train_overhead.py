@@ -143,6 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE[;KEY=VALUE]",
                         help="also fit with these overrides, side by side (e.g. train.zero_stage=1); repeatable")
     args = parser.parse_args(argv)
+    for variant in args.variant:  # the variants share the shards, geocells, batch size and step count
+        for kv in filter(None, (kv.strip() for kv in variant.split(";"))):
+            if not kv.startswith(("train.", "model.")) or kv.startswith(("train.batch_size", "train.num_workers")):
+                parser.error(f"--variant {kv!r}: only train.* (not batch_size, num_workers) and model.* settings vary")
+    if len(set(args.variant)) != len(args.variant):
+        parser.error("--variant: each variant once")
 
     out = Path(args.out).absolute()
     base_overrides = [
@@ -170,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{os.cpu_count()} cores on this machine", flush=True)
 
     load_before = os.getloadavg()[0]
-    fits = {f"batch cache (default), ZeRO-{config.train.zero_stage}": ray_fit(config, shards_uri, hierarchy, hierarchy_uri, measured_steps, args)}
+    default = f"batch cache (default), ZeRO-{config.train.zero_stage}"
+    fits = {default: ray_fit(config, shards_uri, hierarchy, hierarchy_uri, measured_steps, args)}
     if args.stream_too:
         streamed = dataclasses.replace(config, run_name="train-overhead-streamed",
                                        train=dataclasses.replace(config.train, batch_cache_mb=0))

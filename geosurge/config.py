@@ -345,8 +345,9 @@ class EvalConfig:
         default_factory=lambda: [BenchmarkConfig(name="geoworld_test", format="geoworld", split="test")]
     )
     actors: int = 1  # inference actor pool size (each loads the model once)
-    # Benchmarks (all of one evaluation together) of at most this many images, evaluated without GPUs, run in the
-    # calling process instead of an actor pool, whose start-up costs more than their inference; 0: always the pool
+    # Benchmarks (all of one evaluation together) of at most this many images, evaluated without GPUs on a one-node
+    # Ray, run in the calling process instead of an actor pool, whose start-up costs more than their inference;
+    # 0: always the pool
     in_driver_max_images: int = 512
     gpus_per_actor: float = 1.0  # used only when the Ray cluster has GPUs
 

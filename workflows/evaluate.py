@@ -4,7 +4,8 @@
     python workflows/evaluate.py --set eval.model_uri=models:/geosurge/3 --set eval.promotion_metric=acc_25km
     ray job submit --working-dir . -- python workflows/evaluate.py --config eval.yaml
 
-Batch inference runs on Ray Data (an actor pool that loads the model once per actor); the MLflow eval run holds
+Batch inference runs on Ray Data (an actor pool that loads the model once per actor; a small CPU benchmark on a
+one-node Ray runs in the job's own process, `eval.in_driver_max_images`); the MLflow eval run holds
 the metrics, plots (world map, accuracy against distance), the prediction tables and the decision, which is also
 written as tags on the model versions. See geosurge/eval/job.py.
 

@@ -27,12 +27,16 @@ def split_batches(shards_uri: str, split: str, s3: storage.S3Config | None = Non
     """`split` of the shards streamed into this process as tables of at most `batch_size` rows, in file order.
 
     For work done in this process (evaluating a split in the driver, an input example): a Ray Data execution
-    would add seconds of task start-up and bring every row back here anyway. Memory stays at a few batches."""
+    would add seconds of task start-up and bring every row back here anyway. One shard file is read ahead at a
+    time, so memory stays near one file's row group plus a batch."""
     import pyarrow.dataset as pads
 
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     fs, path = storage.resolve(shards_uri, s3)
     scanner = pads.dataset(path, filesystem=fs, format="parquet").scanner(
-        columns=columns, filter=pc.field("split") == split, batch_size=batch_size)
+        columns=columns, filter=pc.field("split") == split, batch_size=batch_size, fragment_readahead=1,
+        batch_readahead=1)
     pending: list[pa.RecordBatch] = []
     rows = 0
     for record_batch in scanner.to_batches():  # the scanner's batches may be smaller than asked: regroup them

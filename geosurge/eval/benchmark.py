@@ -4,8 +4,9 @@ A benchmark is a manifest in any reader format (our own columns, GeoWorld's, the
 YFCC4k / YFCC26k CSVs as published, GWS15k in our columns; see `geosurge.data.manifest`) and optionally one split
 of it. Rows go through Ray Data `map_batches` into an actor pool (`ActorPoolStrategy`); each actor loads the model
 once from its URI and predicts from the image bytes it fetches with `storage.read_bytes` (averaged over ten crops
-when `eval.ten_crop`). A benchmark of at most `eval.in_driver_max_images` images evaluated on CPUs skips the pool:
-the same predictor runs in the calling process, where an actor's start-up would cost more than the work.
+when `eval.ten_crop`). A benchmark of at most `eval.in_driver_max_images` images evaluated on the CPUs of a one-node
+Ray skips the pool: the same predictor runs in the calling process, where an actor's start-up would cost more
+than the work (on a cluster the pool is kept: the driver's head node may keep no work).
 
 Nothing is dropped silently: a row the manifest reader quarantines (bad coordinates, duplicate id, ...) or an
 image that cannot be fetched or decoded lands in `BenchmarkResult.failures` with its stage and reason, and
@@ -194,13 +195,21 @@ class Predictor:
             pred["score"][ok_rows] = out["score"][:, 0]
             if "cell" in out:  # models that retrieve coordinates (GeoCLIP's gallery) predict no cell
                 pred_cell[ok_rows] = out["cell"][:, 0]
-        failed = np.array([r is not None for r in reason])
+        failed = np.array([r is not None for r in reason], dtype=bool)  # bool even for 0 rows (pyarrow's mask)
         for key, values in pred.items():
             batch = batch.append_column(key, pa.array(values, pa.float64(), mask=failed))
         return (batch.append_column("pred_cell", pa.array(pred_cell, pa.int64(), mask=failed))
                 .append_column("stage", pa.array(stage, pa.string()))
                 .append_column("reason", pa.array(reason, pa.string()))
                 .append_column("detail", pa.array(detail, pa.string())))
+
+
+def _one_node() -> bool:
+    """Ray runs on this one machine (a laptop, a workstation): the driver's CPUs are the cluster's. On a cluster
+    the driver may sit on a head that keeps no work (KubeRay's `num-cpus: 0`), so the model goes to an actor."""
+    import ray
+
+    return sum(1 for node in ray.nodes() if node.get("Alive")) == 1
 
 
 def _num_gpus(config: PipelineConfig) -> float:
@@ -212,9 +221,10 @@ def _num_gpus(config: PipelineConfig) -> float:
 def evaluate_benchmarks(
     model_uri: str, benchmarks: list[BenchmarkConfig], config: PipelineConfig
 ) -> dict[str, BenchmarkResult]:
-    """Evaluate one model on several benchmarks in one Ray Data pass (one actor pool loads the model once), with
-    ten-crop test-time augmentation when `config.eval.ten_crop`. Needs Ray initialised
-    (`geosurge.runtime.init_ray`). Returns {benchmark name: result}."""
+    """Evaluate one model on several benchmarks in one Ray Data pass (one actor pool loads the model once; a small
+    CPU evaluation on a one-node Ray runs in this process, see `eval.in_driver_max_images`), with ten-crop
+    test-time augmentation when `config.eval.ten_crop`. Needs Ray initialised (`geosurge.runtime.init_ray`).
+    Returns {benchmark name: result}."""
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -237,9 +247,9 @@ def evaluate_benchmarks(
     batch_size, num_gpus = config.eval.batch_size, _num_gpus(config)
     predictor_args = (load_uri, tracking_uri, config.s3, config.eval.ten_crop, retry_policy(config),
                       config.ingest.max_image_bytes)
-    if num_gpus == 0 and rows.num_rows <= config.eval.in_driver_max_images:
-        # A small benchmark on CPUs: an actor's start-up (a process, its imports, the model) costs more than the
-        # inference itself, so the same Predictor runs here, batch by batch.
+    if num_gpus == 0 and rows.num_rows <= config.eval.in_driver_max_images and _one_node():
+        # A small benchmark on one machine's CPUs: an actor's start-up (a process, its imports, the model) costs
+        # more than the inference itself, so the same Predictor runs here, batch by batch.
         predictor = Predictor(*predictor_args)
         predicted = pa.concat_tables([predictor(rows.slice(i, batch_size))
                                       for i in range(0, max(rows.num_rows, 1), batch_size)]).to_pandas()

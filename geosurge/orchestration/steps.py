@@ -89,7 +89,10 @@ def register_model(state_dict: dict, config: PipelineConfig, hierarchy: GeocellH
     version at `tracking.alias` with `tags`; returns (model URI by alias, version). Idempotent: `work_key` (what
     was trained, and in which training run) gives the version's idempotency key, so a rerun of the same work
     reuses the version it registered before a crash (see `idempotency_key`)."""
-    example_image = next(split_batches(shards_uri, example_split, config.s3, 1, ["image"])).column("image")[0].as_py()
+    example = next(split_batches(shards_uri, example_split, config.s3, 1, ["image"]), None)
+    if example is None:
+        raise ValueError(f"the shards ({shards_uri}) have no '{example_split}' row for the model's input example")
+    example_image = example.column("image")[0].as_py()
     key = idempotency_key(work_key) if work_key else None  # no key: nothing to reuse, a new version
     model_uri, version = log_and_register(state_dict, config, hierarchy, segmenter, example_image,
                                           shards_uri=shards_uri, checkpoint_uri=checkpoint_uri,

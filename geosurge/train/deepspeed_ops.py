@@ -3,8 +3,9 @@
 DeepSpeed JIT-compiles the ops a run loads (on CPU: its Adam and its shared-memory collectives) the first time a
 process calls `deepspeed.initialize`: about a minute of a 2-core machine, inside the first training run. Ninja
 keeps the result in `TORCH_EXTENSIONS_DIR` and skips the build while the compile command is unchanged (the same
-Python environment at the same path). `build_deepspeed_ops` does it ahead of time, as `make install` (and a
-container image's build) does, so no run pays for it.
+Python environment at the same path). `build_deepspeed_ops` does it ahead of time, as `make install` does, so no
+run pays for it. (Not in infra/Dockerfile: DeepSpeed compiles its CPU ops with -march=native, for the machine
+that builds them, and an image's GPU ops need the GPU machine's toolkit.)
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def build_deepspeed_ops() -> dict[str, str]:
     for name in OP_BUILDERS:
         builder = get_accelerator().create_op_builder(name)
         if builder is None or not deepspeed.ops.__compatible_ops__.get(builder.NAME, False):
-            outcome[name] = f"not used on {get_accelerator().device_name()}"
+            outcome[builder.NAME if builder is not None else name] = f"not used on {get_accelerator().device_name()}"
             continue
         started = time.perf_counter()
         try:

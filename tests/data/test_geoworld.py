@@ -28,8 +28,8 @@ from geosurge.data.geoworld import (
     write_manifest,
 )
 from geosurge.geo.distance import haversine_km
-from geosurge.storage import read_bytes
 from geosurge.segmentation.ade20k import ADE20K_ID, NUM_ADE20K_CLASSES
+from geosurge.storage import read_bytes
 
 # Few landmarks and a high share so that landmarks repeat within 60 images.
 CFG = GeoWorldConfig(num_images=60, image_size=64, seed=3, landmark_share=0.3, num_landmarks=4)

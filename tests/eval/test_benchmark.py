@@ -1,5 +1,6 @@
 """The eval job end to end in-process: a real MLflow sqlite registry with two tiny GeoSURGE versions (random
-weights vs trained), Ray Data inference on a local Ray, benchmarks in the GeoWorld and Im2GPS3k formats."""
+weights vs trained), inference on a local Ray (in the calling process, as small benchmarks on one node are, and
+through Ray Data's actor pool), benchmarks in the GeoWorld and Im2GPS3k formats."""
 
 import dataclasses
 import json
@@ -20,6 +21,7 @@ from geosurge.geo.metrics import geolocation_metrics
 from tests.eval.eval_helpers import (
     BAD_COORDINATES_ID,
     BROKEN_IMAGE_ID,
+    IM2GPS_COLUMNS,
     MISSING_IMAGE_ID,
     benchmarks,
     make_im2gps3k_csv,
@@ -86,6 +88,17 @@ def test_metrics_match_a_direct_computation_and_bad_rows_are_counted(world):
     pd.testing.assert_frame_equal(here.failures.reset_index(drop=True), result.failures.reset_index(drop=True),
                                   check_dtype=False)
     assert here.metrics == pytest.approx(result.metrics, rel=1e-6)
+
+
+def test_a_benchmark_whose_every_row_is_quarantined_is_a_clear_error_on_both_paths(world, tmp_path):
+    csv = tmp_path / "all_bad.csv"  # Im2GPS3k's columns, both rows off the globe
+    rows = [["a.jpg", "x", 123.0, 0.0, 1, 5, 100, 0.1, 0.6, 0.3], ["b.jpg", "y", 0.0, 999.0, 1, 5, 100, 0.1, 0.6, 0.3]]
+    pd.DataFrame(rows, columns=IM2GPS_COLUMNS).to_csv(csv, index=False)
+    bench = dataclasses.replace(world.config.eval.benchmarks[1], name="all_bad", manifest=str(csv))
+    pool = dataclasses.replace(world.config, eval=dataclasses.replace(world.config.eval, in_driver_max_images=0))
+    for config in (world.config, pool):
+        with pytest.raises(ValueError, match="none of its 2 rows could be evaluated.*bad_coordinates"):
+            evaluate_model(f"models:/geosurge/{world.trained}", bench, config)
 
 
 @pytest.fixture(scope="module")

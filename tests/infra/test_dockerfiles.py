@@ -98,7 +98,7 @@ def test_project_image_environment_and_lint_rules():
     assert env["RAY_USAGE_STATS_ENABLED"] == "0"
     assert env["PYTHONUNBUFFERED"] == "1"
     # the DeepSpeed JIT cache the trainer would otherwise put under the default home cache
-    from geosurge.train.trainer import DEFAULT_EXTENSIONS_DIR
+    from geosurge.train.deepspeed_ops import DEFAULT_EXTENSIONS_DIR
 
     assert env["TORCH_EXTENSIONS_DIR"] == str(Path("/home/ray") / Path(DEFAULT_EXTENSIONS_DIR).relative_to(Path.home()))
     _lint(PROJECT_DOCKERFILE)
