@@ -38,14 +38,13 @@ from geosurge.geo.geocells import GeocellHierarchy
 from geosurge.layout import DataRoot, RunFolder
 from geosurge.train.augment import augmented
 from geosurge.train.batch_cache import split_fits
-from geosurge.train.deepspeed_ops import DEFAULT_EXTENSIONS_DIR
 from geosurge.train.worker import (
     TrainState,
     deepspeed_config,
     train_loop_per_worker,
 )
 
-__all__ = ["DEFAULT_EXTENSIONS_DIR", "SCORE_METRIC", "TrainResult", "TrainState", "build_trainer",
+__all__ = ["SCORE_METRIC", "TrainResult", "TrainState", "build_trainer",
            "consolidated_state_dict", "deepspeed_config", "train"]
 
 SCORE_METRIC = "val_loss"  # checkpoints are ranked by it (lowest first)
