@@ -269,7 +269,11 @@ class TrainConfig:
     gradient_accumulation_steps: int = 1
     lr: float = 2e-3
     weight_decay: float = 1e-4
-    lr_decay: float = 0.75  # lr multiplied by this after every epoch (paper: 0.5 over MP-16 epochs)
+    # lr multiplied by this after every epoch (paper: 0.5 over MP-16 epochs). The demo's 16 short epochs: 0.85 with
+    # the warm-up below reached GeoScore 1,617 / 1,919 on GeoWorld seeds 0 / 1, against 1,292 / 1,760 with 0.75 and
+    # none (README, "The demo")
+    lr_decay: float = 0.85
+    warmup_steps: int = 25  # optimizer steps over which the lr rises linearly to its value (0: none)
     seed: int = 0
     val_split: str | None = "val"  # val loss every epoch: early stopping, best checkpoint; None: no validation
     early_stopping_patience: int | None = 4  # stop after this many epochs without val gain (paper: 4); None: never
@@ -295,6 +299,8 @@ class TrainConfig:
         if self.placement_strategy not in PLACEMENT_STRATEGIES:
             raise ValueError(f"train.placement_strategy must be one of {', '.join(PLACEMENT_STRATEGIES)}, "
                              f"got {self.placement_strategy!r}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"train.warmup_steps must be ≥ 0 (0: none), got {self.warmup_steps}")
         if self.shuffle_buffer_rows < 0:
             raise ValueError(f"train.shuffle_buffer_rows must be ≥ 0 (0: none), got {self.shuffle_buffer_rows}")
         if self.batch_cache_mb < 0:

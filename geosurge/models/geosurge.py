@@ -221,8 +221,10 @@ class GeoSurge(nn.Module):
 
     def finest_log_scores(self, v: torch.Tensor) -> torch.Tensor:
         """[B, n_finest]: log of (finest-cell probability × all its ancestors' probabilities)."""
-        log_probs = [F.log_softmax(logits.float(), dim=-1) for logits in self.level_logits(v)]
-        return self.ancestor_sums(log_probs, in_place=not torch.is_grad_enabled())
+        in_place = not torch.is_grad_enabled()  # inference: normalise over the logits, no second [B, n_l] each
+        log_probs = [torch.log_softmax(x, dim=-1, out=x) if in_place else F.log_softmax(x, dim=-1)
+                     for x in (logits.float() for logits in self.level_logits(v))]
+        return self.ancestor_sums(log_probs, in_place=in_place)
 
     def temperatures(self) -> torch.Tensor:
         return self.log_temperature.exp().clamp(min=1e-3)

@@ -29,7 +29,8 @@ class EpochBatches:
     the decoded arrays kept (0: never cache, stream every epoch). With `shuffle_seed`, each epoch served from memory
     deals the part's rows into batches in a new random order (same batch count and sizes, so every rank still
     runs the same number of steps); without it, the batches of the first pass come back as they were.
-    `shuffle_buffer_rows` mixes the rows of streamed epochs (the first pass included) in a buffer of that many."""
+    `shuffle_buffer_rows` mixes the rows of streamed epochs (the first pass included) in a buffer of that many, in an
+    order drawn from `shuffle_seed` too. (Which rows reach which rank is Ray Data's streaming split's choice.)"""
 
     def __init__(self, shard, batch_size: int, *, drop_last: bool, budget_bytes: int, device: torch.device,
                  transform: Callable[[Batch], Batch] | None = None, shuffle_seed: int | list[int] | None = None,
@@ -55,9 +56,12 @@ class EpochBatches:
         if self._rows is not None:
             batches: Iterator[Batch] = self._from_memory()
         else:
+            shuffling = self.shuffle_buffer_rows > 0
+            seed = int(self.shuffle.integers(2**31)) if shuffling and self.shuffle is not None else None
             batches = self.shard.iter_batches(batch_size=self.batch_size, batch_format="numpy",
                                               drop_last=self.drop_last,
-                                              local_shuffle_buffer_size=self.shuffle_buffer_rows or None)
+                                              local_shuffle_buffer_size=self.shuffle_buffer_rows if shuffling else None,
+                                              local_shuffle_seed=seed)
             if self._state == "first pass":
                 filling = []
         size = 0

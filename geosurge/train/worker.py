@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import numpy as np
 import ray.train
 import torch
 from ray.train import Checkpoint
@@ -52,6 +53,14 @@ def deepspeed_config(train: TrainConfig) -> dict:
         "gradient_clipping": 1.0,
         "steps_per_print": 10**9,  # progress is ours to report (MLflow), not DeepSpeed's stdout
     }
+
+
+def scheduled_lr(train: TrainConfig, epoch: int, step: int) -> float:
+    """The lr of optimizer step `step` (counted over the whole run) in `epoch`: `lr × lr_decay^epoch`, ramped up
+    linearly over the first `warmup_steps` steps (a from-scratch ViT's first Adam steps at full lr are the
+    unsteady part of a short run)."""
+    lr = train.lr * train.lr_decay**epoch
+    return lr * min(1.0, (step + 1) / (train.warmup_steps + 1))
 
 
 @dataclass
@@ -138,13 +147,17 @@ class TrainWorker:
         self.state.pending_metrics = []
         budget = self.tc.batch_cache_mb * 2**20
         augment_here = loop_config.get("augment_in_worker", False)
+        # the first epoch this worker runs is in the seeds: a resumed run deals new orders and draws new
+        # augmentations, not the first ones again
+        first_epoch = self.state.epoch + 1
+        augment_rng = np.random.default_rng([self.tc.seed, self.rank, first_epoch, 1])  # 1: not the shuffle's stream
         # a train split that Ray Data augments is streamed every epoch: caching it would freeze one augmentation
         self.train_batches = EpochBatches(
             ray.train.get_dataset_shard("train"), self.tc.batch_size, drop_last=True, device=self.engine.device,
             budget_bytes=budget if augment_here or not self.tc.augment.enabled else 0,
-            transform=functools.partial(augment_batch, config=self.tc.augment) if augment_here else None,
-            # the first epoch this worker runs is in the seed: a resumed run deals new orders, not the first ones again
-            shuffle_seed=[self.tc.seed, self.rank, self.state.epoch + 1],
+            transform=functools.partial(augment_batch, config=self.tc.augment, rng=augment_rng) if augment_here
+            else None,
+            shuffle_seed=[self.tc.seed, self.rank, first_epoch],
             shuffle_buffer_rows=self.tc.shuffle_buffer_rows)
         self.val_batches = EpochBatches(
             ray.train.get_dataset_shard("val"), self.tc.batch_size, drop_last=False, device=self.engine.device,
@@ -197,9 +210,8 @@ class TrainWorker:
     def _epoch(self, epoch: int) -> tuple[dict, list[Metric]]:
         """Train one epoch, then validate; returns the epoch's metrics and rank 0's buffered step metrics."""
         tc, engine, state = self.tc, self.engine, self.state
-        lr = tc.lr * tc.lr_decay**epoch
-        for group in engine.optimizer.param_groups:
-            group["lr"] = lr
+        lr = tc.lr * tc.lr_decay**epoch  # the epoch's lr (logged), after any warm-up
+        self._set_lr(lr)
         pending: list[Metric] = []
         started = window_start = time.time()
         cpu_started = time.process_time()  # this worker's CPU time (all its threads: compute, data prefetch, gloo)
@@ -208,6 +220,8 @@ class TrainWorker:
         samples = window_samples = window_batches = batches = 0
         for batch in self.train_batches:
             steps_before = engine.global_steps
+            if 0 < tc.warmup_steps and steps_before <= tc.warmup_steps:  # the warm-up's ramp, then the epoch's lr
+                self._set_lr(scheduled_lr(tc, epoch, steps_before))
             loss = engine(batch)["loss"]
             engine.backward(loss)
             engine.step()
@@ -254,6 +268,10 @@ class TrainWorker:
             with deepspeed.zero.GatheredParameters([log_temperature], enabled=tc.zero_stage == 3):
                 metrics["temperature_finest"] = float(log_temperature[-1].detach().exp())
         return metrics, pending
+
+    def _set_lr(self, lr: float) -> None:
+        for group in self.engine.optimizer.param_groups:
+            group["lr"] = lr
 
     def _settle_batch_caches(self) -> None:
         """After the first epoch: keep the splits every rank holds whole in memory, stream the others."""

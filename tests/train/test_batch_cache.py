@@ -114,3 +114,17 @@ def test_a_streamed_part_is_mixed_in_the_shuffle_buffer_and_keeps_every_row(ray_
                            shuffle_buffer_rows=40)
     lat = np.concatenate([b["lat"] for b in _epoch(batches)])
     assert sorted(lat) == list(range(ROWS)) and not np.array_equal(lat, np.arange(ROWS))
+
+
+def test_a_seeded_run_streams_and_reshuffles_the_same_orders_again(ray_local):
+    def orders(seed: int) -> list[np.ndarray]:
+        batches = EpochBatches(_iterator(), 10, drop_last=False, budget_bytes=ROWS * ROW_BYTES,
+                               device=torch.device("cpu"), shuffle_seed=[seed, 0, 0], shuffle_buffer_rows=40)
+        streamed = np.concatenate([b["lat"] for b in _epoch(batches)])
+        batches.agree(True)
+        return [streamed, np.concatenate([b["lat"] for b in _epoch(batches)])]
+
+    first, again, other = orders(0), orders(0), orders(1)
+    for a, b in zip(first, again):  # the streamed first pass and the reshuffle from memory alike
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(first[0], other[0]) and not np.array_equal(first[1], other[1])

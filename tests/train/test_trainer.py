@@ -11,7 +11,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from ray.train.torch import TorchTrainer
 
-from geosurge.config import load_config
+from geosurge.config import TrainConfig, load_config
 from geosurge.data.shards import split_batches, to_model_batch
 from geosurge.eval.evaluate import evaluate_split
 from geosurge.models import create_model
@@ -88,11 +88,23 @@ def test_patience_counts_epochs_without_a_gain_beyond_min_delta():
     assert not never.stopped_early
 
 
+def test_the_lr_warms_up_linearly_then_decays_by_epoch():
+    from geosurge.train.worker import scheduled_lr
+
+    tc = TrainConfig(lr=1e-3, lr_decay=0.5, warmup_steps=3)
+    assert [scheduled_lr(tc, 0, step) for step in range(5)] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3])
+    assert scheduled_lr(tc, 2, 40) == pytest.approx(2.5e-4)
+    assert scheduled_lr(TrainConfig(lr=1e-3, warmup_steps=0), 0, 0) == 1e-3
+    with pytest.raises(ValueError, match="warmup_steps"):
+        TrainConfig(warmup_steps=-1)
+
+
 @pytest.mark.slow
 def test_training_learns_and_the_registered_version_serves_the_trained_weights(small_shards, mlflow_server, tmp_path):
     """lr > 0 on the small fixed GeoWorld: the train loss falls, the val GeoScore beats the untrained model's, and
     the version registered (real MLflow server) from the best checkpoint serves exactly its consolidated weights."""
-    config = small_run_config(tmp_path, "run_name=learns", "train.epochs=3", "train.lr=1e-3",
+    # a 2-step warm-up: the default's 25 would cover most of this run's ~30 steps
+    config = small_run_config(tmp_path, "run_name=learns", "train.epochs=3", "train.lr=1e-3", "train.warmup_steps=2",
                               "train.early_stopping_patience=null", "ingest.image_size=32", "ingest.label_grid=4",
                               f"tracking.tracking_uri={mlflow_server}", f"tracking.experiment=learns-{tmp_path.name}",
                               f"tracking.registered_model=learns-{tmp_path.name}")
