@@ -119,11 +119,32 @@ def ensure_dir(uri: str, s3: S3Config | None = None) -> None:
     fs.create_dir(path, recursive=True)
 
 
-def write_bytes(uri: str, data: bytes, s3: S3Config | None = None) -> None:
-    fs, path = resolve(uri, s3)
-    parent = posixpath.dirname(path) if is_s3(uri) else os.path.dirname(path)
+_buckets_made: set[tuple[str | None, str]] = set()  # (endpoint, bucket) this process has made sure of
+_buckets_lock = threading.Lock()
+
+
+def make_parent(fs: pafs.FileSystem, path: str, s3: S3Config | None = None) -> None:
+    """Make `path`'s parent folder writable: on S3 only its bucket must exist (keys need no folders), checked
+    once per process; locally, the folders are made.
+
+    Why not `create_dir` on S3 every time: it writes a folder marker per level, one request each, and
+    concurrent calls on the same prefix serialise on SeaweedFS: eight threads writing 3 kB objects through it
+    managed 3.7 objects/s, against 197/s with the bucket checked once (64/s one at a time)."""
+    if isinstance(fs, pafs.S3FileSystem):
+        key = ((s3 or S3Config()).endpoint_url, path.split("/", 1)[0])
+        with _buckets_lock:
+            if key not in _buckets_made:
+                fs.create_dir(key[1])  # an existing bucket: one HEAD request
+                _buckets_made.add(key)
+        return
+    parent = os.path.dirname(path)
     if parent:
         fs.create_dir(parent, recursive=True)
+
+
+def write_bytes(uri: str, data: bytes, s3: S3Config | None = None) -> None:
+    fs, path = resolve(uri, s3)
+    make_parent(fs, path, s3)
     with fs.open_output_stream(path, compression=None) as f:  # bytes as given, even for a name ending .gz
         f.write(data)
 
@@ -189,9 +210,7 @@ def copy_from_http(url: str, dest: str, s3: S3Config | None = None, max_bytes: i
     import requests
 
     fs, path = resolve(dest, s3)
-    folder = posixpath.dirname(path) if is_s3(dest) else os.path.dirname(path)
-    if folder:
-        fs.create_dir(folder, recursive=True)
+    make_parent(fs, path, s3)
     tmp = f"{path}.{uuid.uuid4().hex[:8]}.partial"
     copied = 0
     try:
