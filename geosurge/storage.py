@@ -9,7 +9,8 @@ credential chain; credentials are never printed or logged. Image URLs in manifes
 Fetching many objects (`Fetcher`) retries with exponential backoff and full jitter on throttling (S3
 SlowDown/503, HTTP 429), other 5xx answers, connection errors and timeouts, and never on a missing object or a
 refused one (404/403); it counts its retries so a stage can report them. A fetch that still fails raises
-`FetchFailed` with a quarantine reason: `not_found`, `timeout`, `fetch_error`, `too_large` or `bad_uri`.
+`FetchFailed` with a quarantine reason: `not_found`, `timeout`, `fetch_error`, `too_large` or `bad_uri`. (The
+retry rules live in `geosurge.retry`; storage re-exports them.)
 
 Every image read is bounded: at most `max_bytes` (checked on the size the store reports before reading, then
 while streaming), and within a total `RetryPolicy.deadline_s` per fetch, retries included (a body trickled a
@@ -22,17 +23,12 @@ from __future__ import annotations
 
 import os
 import posixpath
-import random
-import re
-import socket
 import stat as stat_mode
 import threading
 import time
 import urllib.request
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TypeVar
 from urllib.parse import urlparse
 
 import certifi
@@ -45,10 +41,21 @@ from geosurge.config import (
     S3Config,  # re-exported: callers annotate with storage.S3Config
 )
 from geosurge.redaction import REDACTED, redact_uri  # noqa: F401  re-exported: callers log through storage
+from geosurge.retry import (  # noqa: F401  re-exported: callers read, write and retry through storage
+    BAD_URI,
+    FETCH_ERROR,
+    NOT_FOUND,
+    TIMEOUT,
+    TOO_LARGE,
+    DeadlineExceeded,
+    FetchFailed,
+    HttpStatus,
+    RetryPolicy,
+    TooLarge,
+    classify,
+    with_retries,
+)
 from geosurge.uri_access import UriAccess, UriRefused  # re-exported: readers take them from here
-
-T = TypeVar("T")
-
 
 
 def is_s3(uri: str) -> bool:
@@ -230,23 +237,11 @@ def copy_from_http(url: str, dest: str, s3: S3Config | None = None, max_bytes: i
             fs.delete_file(tmp)
     return copied
 
-# --------------------------------------------------------------------------------------------- retries
 
-NOT_FOUND = "not_found"
-TIMEOUT = "timeout"
-FETCH_ERROR = "fetch_error"
-TOO_LARGE = "too_large"
-BAD_URI = "bad_uri"
+# --------------------------------------------------------------------------------------------- bounded reads
+
 DEFAULT_MAX_IMAGE_BYTES = 32 << 20
 _READ_BLOCK = 1 << 20  # streamed reads take at most this much per call, then check the byte limit and deadline
-
-
-class TooLarge(ValueError):
-    """A read that would take more than its byte limit."""
-
-
-class DeadlineExceeded(TimeoutError):
-    """A fetch that ran past its total deadline (however fast each socket read was)."""
 
 
 def _read_capped(read: Callable[[int], bytes], uri: str, max_bytes: int | None, deadline: float | None) -> bytes:
@@ -275,118 +270,7 @@ def _read_http_body(response, uri: str, max_bytes: int | None, deadline: float |
     return _read_capped(lambda n: response.read1(n, decode_content=True), uri, max_bytes, deadline)
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How hard to try: `retries` after the first attempt, sleeping a random time in [0, backoff] where backoff
-    = min(max_backoff_s, backoff_s * 2**attempt) (exponential backoff with full jitter); `timeout_s` per request."""
-
-    retries: int = 6
-    backoff_s: float = 0.5
-    max_backoff_s: float = 30.0
-    timeout_s: float = 30.0
-    deadline_s: float | None = None  # total for one fetch, retries included; None: no total limit
-
-    def delay(self, attempt: int) -> float:
-        return random.uniform(0.0, min(self.max_backoff_s, self.backoff_s * 2.0**attempt))
-
-
-class FetchFailed(Exception):
-    """A read that failed for good. `reason` is a quarantine reason (not_found, timeout, fetch_error)."""
-
-    def __init__(self, reason: str, detail: str, retries: int = 0):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
-        self.retries = retries
-
-
-class _HttpStatus(OSError):
-    def __init__(self, uri: str, status: int, retry_after: float | None):
-        super().__init__(f"{uri}: HTTP {status}")
-        self.status = status
-        self.retry_after = retry_after
-
-
-# AWS SDK error names (as pyarrow reports them) and curl failures that a later attempt may not meet.
-_TRANSIENT_S3 = re.compile(
-    r"SLOW_DOWN|SlowDown|THROTTL|Throttl|SERVICE_UNAVAILABLE|ServiceUnavailable|INTERNAL_FAILURE|InternalError|"
-    r"NETWORK_CONNECTION|REQUEST_TIMEOUT|RequestTimeout|curlCode|Could not connect|Couldn't connect|"
-    r"Connection refused|Connection reset|Broken pipe|Timeout was reached|timed out|"
-    r"(?:HTTP|status|response) ?(?:code)?:? ?(?:429|5\d\d)\b"
-)
-_TIMEOUT_TEXT = re.compile(r"curlCode: 28|Timeout was reached|timed out|REQUEST_TIMEOUT|RequestTimeout", re.IGNORECASE)
-
-
-def classify(error: BaseException) -> tuple[str, bool]:
-    """(quarantine reason, worth retrying) for an error raised by a read or write."""
-    try:
-        import requests
-    except ImportError:  # pragma: no cover - requests is a dependency
-        requests = None
-    if isinstance(error, FileNotFoundError):
-        return NOT_FOUND, False
-    if isinstance(error, TooLarge):
-        return TOO_LARGE, False
-    if isinstance(error, UriRefused):
-        return BAD_URI, False
-    if isinstance(error, _HttpStatus):
-        if error.status in (404, 410):
-            return NOT_FOUND, False
-        if error.status == 408:
-            return TIMEOUT, True
-        return FETCH_ERROR, error.status == 429 or error.status >= 500
-    if isinstance(error, urllib3.exceptions.HTTPError):  # the Fetcher's HTTP client
-        if isinstance(error, urllib3.exceptions.NewConnectionError):  # before TimeoutError: it subclasses one
-            return FETCH_ERROR, True
-        if isinstance(error, urllib3.exceptions.TimeoutError):
-            return TIMEOUT, True
-        # a malformed URL or a corrupt Content-Encoding does not mend; a reset or cut-short body may
-        permanent = (urllib3.exceptions.LocationValueError, urllib3.exceptions.DecodeError)
-        return FETCH_ERROR, not isinstance(error, permanent)
-    if requests is not None and isinstance(error, requests.Timeout):
-        return TIMEOUT, True
-    if requests is not None and isinstance(error, requests.ConnectionError):
-        return FETCH_ERROR, True
-    if isinstance(error, (TimeoutError, socket.timeout)):
-        return TIMEOUT, True
-    if isinstance(error, (ConnectionError, socket.gaierror)):
-        return FETCH_ERROR, True
-    if isinstance(error, (PermissionError, IsADirectoryError)):
-        return FETCH_ERROR, False
-    if isinstance(error, OSError):
-        text = str(error)
-        if "ACCESS_DENIED" in text or "AccessDenied" in text or "NO_SUCH" in text:
-            return FETCH_ERROR, False
-        if _TRANSIENT_S3.search(text):
-            return (TIMEOUT if _TIMEOUT_TEXT.search(text) else FETCH_ERROR), True
-        return FETCH_ERROR, False
-    return FETCH_ERROR, False
-
-
-def with_retries(action: Callable[[], T], policy: RetryPolicy, what: str = "",
-                 deadline: float | None = None) -> tuple[T, int]:
-    """(action's result, retries it took). Retries transient failures (see `classify`) with backoff; raises
-    FetchFailed once a failure is permanent, the retries are spent or `deadline` (time.monotonic()) would pass."""
-    attempt = 0
-    while True:
-        try:
-            return action(), attempt
-        except Exception as error:
-            reason, transient = classify(error)
-            delay = policy.delay(attempt)
-            retry_after = getattr(error, "retry_after", None)
-            if retry_after:  # the server said how long to wait (HTTP 429/503 Retry-After)
-                delay = max(delay, min(retry_after, policy.max_backoff_s))
-            late = deadline is not None and time.monotonic() + delay >= deadline
-            if not transient or attempt >= policy.retries or late:
-                tries = f" after {attempt + 1} attempts" if attempt else ""
-                said = redact_uri(str(error))  # our own errors name the uri already: say it once
-                detail = f"{said}{tries}" if not what or said.startswith(redact_uri(what)) else \
-                    redact_uri(f"{what}: {error}{tries}")
-                raise FetchFailed(TIMEOUT if late and transient else reason, detail, attempt) from error
-            time.sleep(delay)
-            attempt += 1
-
+# --------------------------------------------------------------------------------------------- fetching
 
 class Fetcher:
     """Reads many objects (local, s3://, http(s)://) from many threads, with `RetryPolicy` retries.
@@ -446,7 +330,7 @@ class Fetcher:
             if response.status != 200:
                 retry_after = response.headers.get("Retry-After", "")
                 wait = float(retry_after) if retry_after.replace(".", "", 1).isdigit() else None
-                raise _HttpStatus(redact_uri(uri), response.status, wait)
+                raise HttpStatus(redact_uri(uri), response.status, wait)
             return _read_http_body(response, uri, self.max_bytes, deadline)
         except BaseException:
             response.close()  # a body left unread must not go back to the pool in front of the next request

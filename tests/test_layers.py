@@ -12,7 +12,7 @@ MAX_LINES = 500
 
 # floor of each room, by the first path parts under geosurge/ (the longest match wins)
 FLOORS = {
-    ("config_parsing",): 0, ("redaction",): 0, ("config",): 0, ("storage",): 1, ("uri_access",): 1, ("layout",): 1, ("runtime",): 1, ("device",): 1,
+    ("config_parsing",): 0, ("redaction",): 0, ("config",): 0, ("storage",): 1, ("retry",): 1, ("uri_access",): 1, ("layout",): 1, ("runtime",): 1, ("device",): 1,
     ("errors",): 1, ("console",): 1,
     ("geo",): 2, ("segmentation",): 2, ("data",): 2, ("models",): 2, ("serving",): 2,
     ("train",): 3, ("tracking",): 3, ("eval",): 3,
