@@ -36,7 +36,6 @@ class DeadlineExceeded(TimeoutError):
     """A fetch that ran past its total deadline (however fast each socket read was)."""
 
 
-
 @dataclass(frozen=True)
 class RetryPolicy:
     """How hard to try: `retries` after the first attempt, sleeping a random time in [0, backoff] where backoff

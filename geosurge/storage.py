@@ -189,7 +189,6 @@ def parent(uri: str) -> str:
     return os.path.dirname(os.path.abspath(uri))
 
 
-
 def stat(uri: str, s3: S3Config | None = None) -> dict[str, object]:
     """What identifies one file's content without reading it: size and modification time (local, s3://), or the
     server's ETag / Last-Modified / Content-Length (http(s)://, a HEAD request). A changed file changes this."""
