@@ -55,12 +55,16 @@ def deepspeed_config(train: TrainConfig) -> dict:
     }
 
 
+def epoch_lr(train: TrainConfig, epoch: int) -> float:
+    """The lr of `epoch` once any warm-up is over: `lr × lr_decay^epoch`."""
+    return train.lr * train.lr_decay**epoch
+
+
 def scheduled_lr(train: TrainConfig, epoch: int, step: int) -> float:
-    """The lr of optimizer step `step` (counted over the whole run) in `epoch`: `lr × lr_decay^epoch`, ramped up
-    linearly over the first `warmup_steps` steps (a from-scratch ViT's first Adam steps at full lr are the
-    unsteady part of a short run)."""
-    lr = train.lr * train.lr_decay**epoch
-    return lr * min(1.0, (step + 1) / (train.warmup_steps + 1))
+    """The lr of optimizer step `step` (counted over the whole run) in `epoch`: `epoch_lr`, ramped up linearly over
+    the first `warmup_steps` steps (a from-scratch ViT's first Adam steps at full lr are the unsteady part of a
+    short run)."""
+    return epoch_lr(train, epoch) * min(1.0, (step + 1) / (train.warmup_steps + 1))
 
 
 @dataclass
@@ -210,7 +214,7 @@ class TrainWorker:
     def _epoch(self, epoch: int) -> tuple[dict, list[Metric]]:
         """Train one epoch, then validate; returns the epoch's metrics and rank 0's buffered step metrics."""
         tc, engine, state = self.tc, self.engine, self.state
-        lr = tc.lr * tc.lr_decay**epoch  # the epoch's lr (logged), after any warm-up
+        lr = epoch_lr(tc, epoch)  # logged as the epoch's lr
         self._set_lr(lr)
         pending: list[Metric] = []
         started = window_start = time.time()

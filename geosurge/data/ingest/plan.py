@@ -130,7 +130,7 @@ def _stage_file(uri: str, file_index: int, layout: IngestLayout, staging_tag: st
         for b in np.unique(bucket_of):
             if b not in writers:
                 path = f"{ids_path}/{tag}-b{b:03d}.parquet"
-                fs.create_dir(posixpath.dirname(path), recursive=True)
+                storage.make_parent(fs, path, s3)
                 streams.append(fs.open_output_stream(path))
                 writers[b] = pq.ParquetWriter(streams[-1], id_schema)
             writers[b].write_table(valid.filter(pa.array(bucket_of == b)))
