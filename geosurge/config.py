@@ -299,6 +299,8 @@ class TrainConfig:
         if self.placement_strategy not in PLACEMENT_STRATEGIES:
             raise ValueError(f"train.placement_strategy must be one of {', '.join(PLACEMENT_STRATEGIES)}, "
                              f"got {self.placement_strategy!r}")
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"train.zero_stage must be 0, 1, 2 or 3 (DeepSpeed ZeRO), got {self.zero_stage}")
         if self.warmup_steps < 0:
             raise ValueError(f"train.warmup_steps must be ≥ 0 (0: none), got {self.warmup_steps}")
         if self.shuffle_buffer_rows < 0:

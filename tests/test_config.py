@@ -21,6 +21,7 @@ def test_overrides_are_parsed_as_yaml_and_typed(tmp_path):
     ("nosuch.key=1", "not a config section"),
     ("train.epochs", "key.path=value"),
     ("geocells.tau_max=[10, 50]", "strictly decreasing"),
+    ("train.zero_stage=4", "must be 0, 1, 2 or 3"),  # else a whole training run fails in DeepSpeed
 ])
 def test_bad_overrides_are_clear_errors(override, message):
     with pytest.raises(ValueError, match=message):

@@ -19,8 +19,16 @@ from ray.train import Checkpoint
 CHECKPOINT_PREFIX = "checkpoint_"  # Ray Train's folder names: checkpoint_<timestamp>, in time order
 
 
-def checkpoint_problem(checkpoint: Checkpoint) -> str | None:
-    """Why this DeepSpeed checkpoint cannot be resumed, or None when it is complete and every file reads back."""
+def has_optimizer_files(zero_stage: int) -> bool:
+    """Whether DeepSpeed must have written the optimizer state in files of its own (`*_optim_states.pt`): ZeRO 1-3
+    partitions it into them; ZeRO-0 keeps it in the model-states file (fp32 or bf16, as measured on DeepSpeed's CPU
+    path)."""
+    return zero_stage > 0
+
+
+def checkpoint_problem(checkpoint: Checkpoint, optimizer_files: bool = True) -> str | None:
+    """Why this DeepSpeed checkpoint cannot be resumed, or None when it is complete and every file reads back.
+    `optimizer_files`: the run's settings write them (`has_optimizer_files`), so one without them is incomplete."""
     fs, root = checkpoint.filesystem, checkpoint.path
     try:
         with fs.open_input_stream(posixpath.join(root, "latest")) as f:
@@ -31,7 +39,7 @@ def checkpoint_problem(checkpoint: Checkpoint) -> str | None:
     states = sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".pt"))
     if not any(p.endswith("model_states.pt") for p in states):
         return f"tag {tag!r} has no model states"
-    if not any(p.endswith("optim_states.pt") for p in states):
+    if optimizer_files and not any(p.endswith("optim_states.pt") for p in states):
         return f"tag {tag!r} has no optimizer states"
     for path in states:
         try:
@@ -44,12 +52,12 @@ def checkpoint_problem(checkpoint: Checkpoint) -> str | None:
     return None
 
 
-def usable_checkpoint(latest: Checkpoint) -> Checkpoint:
+def usable_checkpoint(latest: Checkpoint, optimizer_files: bool = True) -> Checkpoint:
     """`latest` when it can be resumed, else the newest older checkpoint of the run that can (with a warning).
     Raises RuntimeError, naming each problem, when none can."""
     problems = {}
     for candidate in [latest, *_older_checkpoints(latest)]:
-        problem = checkpoint_problem(candidate)
+        problem = checkpoint_problem(candidate, optimizer_files)
         if problem is None:
             if problems:
                 warnings.warn(f"resuming from {candidate.path}, not the latest checkpoint: "
@@ -70,7 +78,7 @@ def _older_checkpoints(latest: Checkpoint) -> list[Checkpoint]:
             for n in names if n.startswith(CHECKPOINT_PREFIX) and n < name]
 
 
-def agreed_checkpoint(latest: Checkpoint | None, rank: int) -> Checkpoint | None:
+def agreed_checkpoint(latest: Checkpoint | None, rank: int, optimizer_files: bool = True) -> Checkpoint | None:
     """The checkpoint every rank resumes from: rank 0 chooses (`usable_checkpoint`), the others take its choice,
     so a ZeRO group never mixes partitions of two checkpoints."""
     if latest is None:
@@ -78,7 +86,7 @@ def agreed_checkpoint(latest: Checkpoint | None, rank: int) -> Checkpoint | None
     choice: list = [None]
     if rank == 0:
         try:
-            choice = [{"path": usable_checkpoint(latest).path}]
+            choice = [{"path": usable_checkpoint(latest, optimizer_files).path}]
         except RuntimeError as e:  # every rank raises it, rather than the others waiting on rank 0
             choice = [{"error": str(e)}]
     if torch.distributed.is_available() and torch.distributed.is_initialized():

@@ -21,6 +21,8 @@ The loop each worker runs is `geosurge.train.worker`; this module is the driver'
 from __future__ import annotations
 
 import dataclasses
+import glob
+import os
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -187,13 +189,28 @@ def _uri(checkpoint: Checkpoint, config: PipelineConfig) -> str:
 
 
 def consolidated_state_dict(checkpoint_path: str, s3: storage.S3Config | None = None) -> dict[str, torch.Tensor]:
-    """The fp32 model weights of a (possibly ZeRO-partitioned) DeepSpeed checkpoint: a local folder, or an s3://
-    one (copied to a temporary folder first)."""
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
+    """The model weights, as fp32 tensors, of a DeepSpeed checkpoint of any ZeRO stage (bf16 at stage 0: the bf16
+    weights widened): a local folder, or an s3:// one (copied to a temporary folder first)."""
     if not storage.is_s3(checkpoint_path):
-        return get_fp32_state_dict_from_zero_checkpoint(checkpoint_path)
+        return _fp32_state_dict(checkpoint_path)
     fs, path = storage.resolve(checkpoint_path, s3)
     with tempfile.TemporaryDirectory() as local:
         pafs.copy_files(path, local, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
-        return get_fp32_state_dict_from_zero_checkpoint(local)
+        return _fp32_state_dict(local)
+
+
+def _fp32_state_dict(folder: str) -> dict[str, torch.Tensor]:
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    tag_file = os.path.join(folder, "latest")  # the engine's pointer to the tag (sub-folder) it saved last
+    if not os.path.isfile(tag_file):
+        raise FileNotFoundError(f"{folder} is not a DeepSpeed checkpoint: it has no 'latest' file")
+    with open(tag_file) as f:
+        tag = os.path.join(folder, f.read().strip())
+    if glob.glob(os.path.join(tag, "*_optim_states.pt")):  # ZeRO 1-3: the fp32 weights are in the partitions
+        return get_fp32_state_dict_from_zero_checkpoint(folder)
+    # ZeRO-0 partitions nothing: the engine saved the whole model in its model-states file (our own trainer's, so its
+    # pickled extras are trusted as DeepSpeed's own loader trusts them); under bf16 that is the bf16 copy the model
+    # computed with, widened here (its fp32 master weights sit in the optimizer's flat groups, without names)
+    states = torch.load(os.path.join(tag, "mp_rank_00_model_states.pt"), map_location="cpu", weights_only=False)
+    return {name: tensor.float() for name, tensor in states["module"].items()}

@@ -31,7 +31,7 @@ from geosurge.models import create_model
 from geosurge.tracking.metrics import MlflowMetricWriter
 from geosurge.train.augment import augment_batch
 from geosurge.train.batch_cache import EpochBatches
-from geosurge.train.checkpoints import agreed_checkpoint
+from geosurge.train.checkpoints import agreed_checkpoint, has_optimizer_files
 from geosurge.train.deepspeed_ops import use_extensions_cache
 
 # Metric keys: per optimizer step (MLflow step = global optimizer step) and per epoch (MLflow step = epoch).
@@ -139,7 +139,9 @@ class TrainWorker:
         self.device = device_for(self.tc.use_gpu)  # train.use_gpu and no GPU here: a clear error, not a CPU run
         torch.manual_seed(self.tc.seed)
         self.engine = self._engine(GeocellHierarchy.load(loop_config["hierarchy_uri"], self.config.s3))
-        checkpoint = agreed_checkpoint(ray.train.get_checkpoint(), self.rank)  # a corrupt latest: the one before
+        # a corrupt latest checkpoint: the one before
+        checkpoint = agreed_checkpoint(ray.train.get_checkpoint(), self.rank,
+                                       has_optimizer_files(self.tc.zero_stage))
         self.state = self._resume(checkpoint) if checkpoint else TrainState()
         self.writer = None
         if self.rank == 0 and loop_config.get("mlflow_run_id"):

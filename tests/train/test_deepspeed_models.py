@@ -8,11 +8,13 @@ import os
 
 import pytest
 import torch
+from ray.train import Checkpoint
 
 from geosurge.config import GeoClipConfig, ModelConfig, TrainConfig
 from geosurge.models import HierarchySpec, create_model, list_models
+from geosurge.train.checkpoints import checkpoint_problem, has_optimizer_files
 from geosurge.train.deepspeed_ops import build_deepspeed_ops, use_extensions_cache
-from geosurge.train.trainer import deepspeed_config
+from geosurge.train.trainer import consolidated_state_dict, deepspeed_config
 from tests.models.model_helpers import TINY_VIT, random_batch, small_hierarchy
 
 
@@ -60,3 +62,43 @@ def test_model_trains_under_deepspeed(process_group, name, zero_stage, bf16, tmp
         assert torch.isfinite(loss)
         # gradients flowed through the engine: DeepSpeed computes the global norm when it clips
         assert engine.get_global_grad_norm() > 0
+
+
+@pytest.mark.parametrize("zero_stage, bf16", [(0, False), (0, True), (1, False), (2, False), (3, False)])
+def test_a_checkpoint_of_any_zero_stage_consolidates_to_the_engines_weights(process_group, zero_stage, bf16,
+                                                                            tmp_path):
+    """What registration and fine-tuning read back (`consolidated_state_dict`) is the trained model, and a
+    restarted worker group takes the checkpoint as whole, whatever the stage: ZeRO-0 in fp32 writes no optimizer
+    files, the others keep the fp32 weights in them."""
+    import deepspeed
+
+    hierarchy = small_hierarchy()
+    torch.manual_seed(0)
+    model = create_model(ModelConfig(name="geosurge", backbone_kwargs=TINY_VIT, embed_dim=16, fusion_heads=2),
+                         HierarchySpec.from_hierarchy(hierarchy))
+    initial = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    config = deepspeed_config(TrainConfig(batch_size=4, zero_stage=zero_stage, bf16=bf16))
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=config)
+    for _ in range(2):
+        engine.backward(engine(random_batch(hierarchy, n=4))["loss"])
+        engine.step()
+    engine.save_checkpoint(str(tmp_path / "ckpt"))
+    with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), enabled=zero_stage == 3):
+        trained = {name: tensor.detach().clone() for name, tensor in engine.module.state_dict().items()}
+
+    # the rule a restarted worker group checks a checkpoint by is DeepSpeed's layout for these settings
+    folder = tmp_path / "ckpt"
+    tag = folder / (folder / "latest").read_text().strip()
+    assert bool(list(tag.glob("*_optim_states.pt"))) == has_optimizer_files(zero_stage)
+    assert checkpoint_problem(Checkpoint.from_directory(str(folder)), has_optimizer_files(zero_stage)) is None
+
+    restored = consolidated_state_dict(str(folder))
+    assert set(restored) == set(initial)
+    assert all(restored[name].dtype == torch.float32 for name in restored)
+    moved = [name for name in restored if not torch.equal(restored[name], initial[name].float())]
+    assert moved, "the checkpoint holds the initial weights, not the trained ones"
+    for name, tensor in trained.items():  # bf16: the engine's copy is the fp32 weights rounded
+        assert torch.allclose(restored[name].to(tensor.dtype).float(), tensor.float(), atol=1e-6), name
+    if bf16 and zero_stage > 0:  # the fp32 master weights from the partitions, not the bf16 copy widened
+        assert any(not torch.equal(t, t.bfloat16().float()) for t in restored.values())

@@ -252,7 +252,8 @@ def _build_pipeline(job: _Job, plan: Plan, pending: list[str]) -> ray.data.Datas
                    "chunk_timeout_s": config.chunk_timeout_s},
         max_retries=_TASK_RETRIES,  # also keeps this I/O stage out of the segmentation actors (other remote args)
     )
-    if not job.ground_truth and config.segmenter != NO_SEGMENTER:
+    segmenting = not job.ground_truth and config.segmenter != NO_SEGMENTER
+    if segmenting:
         ds = ds.map_batches(
             SegmentLabelMaps,
             fn_constructor_args=(config.segmenter, config.label_grid, config.segment_batch_size, job.s3),
@@ -261,7 +262,7 @@ def _build_pipeline(job: _Job, plan: Plan, pending: list[str]) -> ray.data.Datas
             compute=ActorPoolStrategy(size=config.segment_actors),
             num_gpus=actor_num_gpus(config.gpus_per_segment_actor, ray.cluster_resources().get("GPU", 0)),
         )
-    return ds.map_batches(
+    ds = ds.map_batches(
         write_chunk_parts,
         batch_size=None,
         batch_format="pyarrow",
@@ -271,6 +272,12 @@ def _build_pipeline(job: _Job, plan: Plan, pending: list[str]) -> ray.data.Datas
         # Unfused, Ray Data splits the CPUs between the two operators and ran one fetch task at a time on 2 CPUs.
         max_retries=_TASK_RETRIES,
     )
+    if not segmenting:
+        # One fused operator: Ray Data's per-operator reservation, there to keep a fetch stage from starving the
+        # segmentation actors, only held this one back: it ran a single task until the first finished, leaving a
+        # core idle for the first chunk (this Dataset's own context; the driver's other Datasets keep it)
+        ds.context.op_resource_reservation_enabled = False
+    return ds
 
 
 def _stream_progress(job: _Job, ds: ray.data.Dataset, plan: Plan, pending: list[str]) -> tuple[int, int]:
