@@ -3,14 +3,15 @@
 DeepSpeed JIT-compiles the ops a run loads (on CPU: its Adam and its shared-memory collectives) the first time a
 process calls `deepspeed.initialize`: about a minute of a 2-core machine, inside the first training run. Ninja
 keeps the result in `TORCH_EXTENSIONS_DIR` and skips the build while the compile command is unchanged (the same
-Python environment at the same path). `build_deepspeed_ops` does it ahead of time, as `make install` does, so no
-run pays for it. (Not in infra/Dockerfile: DeepSpeed compiles its CPU ops with -march=native, for the machine
-that builds them, and an image's GPU ops need the GPU machine's toolkit.)
+Python environment at the same path) and the same ninja reads its log. `build_deepspeed_ops` does it ahead of time,
+as `make install` does, so no run pays for it. (Not in infra/Dockerfile: DeepSpeed compiles its CPU ops with
+-march=native, for the machine that builds them, and an image's GPU ops need the GPU machine's toolkit.)
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -21,8 +22,30 @@ OP_BUILDERS = ("FusedAdamBuilder", "ShareMemCommBuilder")
 
 
 def use_extensions_cache() -> str:
-    """Point `TORCH_EXTENSIONS_DIR` at the shared cache unless the environment chose one; returns the folder."""
+    """Point `TORCH_EXTENSIONS_DIR` at the shared cache unless the environment chose one, and have torch's builds run
+    this Python environment's own ninja (`use_environment_ninja`); returns the folder."""
+    use_environment_ninja()
     return os.environ.setdefault("TORCH_EXTENSIONS_DIR", DEFAULT_EXTENSIONS_DIR)
+
+
+def use_environment_ninja() -> str | None:
+    """Put the folder of the `ninja` package's binary (a DeepSpeed dependency, so in every environment that trains)
+    first on PATH, where torch's extension builds look for `ninja`; returns that folder, or None without the package.
+
+    Ninja logs each build command under a hash of its own version's making: a different ninja finds every command
+    changed and rebuilds every op. Measured here: a system ninja 1.11 beside the venv's 1.13; a venv that is not
+    activated ran the system's in `make install` and in-process fits, the venv's in Ray jobs (whose PATH has the venv
+    first), so each switch rebuilt fused_adam and the shm op, 75 s of an idle 2-core machine."""
+    try:
+        import ninja
+    except ImportError:  # torch then runs whichever ninja PATH finds, as it would without us
+        return None
+    folder = os.path.abspath(ninja.BIN_DIR) if ninja.BIN_DIR else ""
+    if not folder or shutil.which("ninja", path=folder) is None:
+        return None
+    others = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and os.path.abspath(p) != folder]
+    os.environ["PATH"] = os.pathsep.join([folder, *others])
+    return folder
 
 
 def build_deepspeed_ops() -> dict[str, str]:

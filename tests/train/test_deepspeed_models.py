@@ -5,6 +5,9 @@ initialisation, partitions gradients, wraps the optimizer), which only a real en
 """
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -35,6 +38,30 @@ def test_the_ops_a_cpu_run_loads_are_built_ahead_into_the_shared_cache():
     outcome = build_deepspeed_ops()
     assert set(outcome) == {"fused_adam", "deepspeed_shm_comm"}, outcome
     assert all(what.startswith(f"ready in {os.environ['TORCH_EXTENSIONS_DIR']}") for what in outcome.values()), outcome
+
+
+def test_a_later_process_loads_the_built_ops_whichever_ninja_its_path_finds_first(tmp_path):
+    """Ninja reads another version's build log as every command changed: a process whose PATH finds another ninja
+    first (a system one, as a venv that is not activated does) would rebuild every op. Here that other ninja can only
+    print its version; the process still gets every op from the cache, the .so files untouched."""
+    build_deepspeed_ops()
+    cache = Path(os.environ["TORCH_EXTENSIONS_DIR"])
+    built = {so: so.stat().st_mtime_ns for so in cache.glob("*/*.so")}
+    assert len(built) == 2, built
+    other = tmp_path / "bin"
+    other.mkdir()
+    (other / "ninja").write_text('#!/bin/sh\n[ "$1" = --version ] && echo 1.10.0 && exit 0\n'
+                                 'echo "not this ninja" >&2\nexit 1\n')
+    (other / "ninja").chmod(0o755)
+    env = {**os.environ, "PATH": f"{other}{os.pathsep}{os.environ['PATH']}"}
+    out = subprocess.run([sys.executable, "-c", "from geosurge.train.deepspeed_ops import build_deepspeed_ops as b; "
+                          "import os; print(sorted(b().values())); print(os.environ['PATH'].split(os.pathsep)[:2])"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    outcomes, path_head = out.stdout.strip().splitlines()[-2:]
+    assert outcomes.count("ready in") == 2 and "not built" not in outcomes, out.stdout[-3000:]
+    assert str(other) not in path_head.split("'")[1]  # the environment's ninja folder now comes first
+    assert {so: so.stat().st_mtime_ns for so in cache.glob("*/*.so")} == built  # nothing was rebuilt
 
 
 @pytest.mark.parametrize("zero_stage, bf16", [(2, False), (3, False), (2, True)])  # bf16: the GPU recipe's setting
