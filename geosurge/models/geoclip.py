@@ -329,18 +329,34 @@ class GeoClip(nn.Module):
         in-place version counters of its parameters (an optimizer step or a manual in-place edit bumps them,
         even in eval mode), and device/dtype; any change recomputes. Recomputing 100K coordinates costs
         seconds, so this must not happen per batch."""
-        weight = self.location_encoder.branches[0].head.weight
-        key = (
-            self.location_encoder.version,
-            tuple(p._version for p in self.location_encoder.parameters()),
-            weight.device,
-            weight.dtype,
-        )
+        key = self._gallery_key()
         if self._gallery_cache is None or self._gallery_cache[0] != key:
             gallery = self.gallery()
             embeddings = self.location_encoder.encode_locations(gallery[:, 0], gallery[:, 1], GALLERY_CHUNK)
             self._gallery_cache = (key, embeddings)
         return self._gallery_cache[1]
+
+    def _gallery_key(self) -> tuple:
+        weight = self.location_encoder.branches[0].head.weight
+        return (self.location_encoder.version, tuple(p._version for p in self.location_encoder.parameters()),
+                weight.device, weight.dtype)
+
+    def inference_state(self) -> dict[str, torch.Tensor]:
+        """What inference derives from the weights, for a model bundle to carry: the gallery and its embeddings.
+        Encoding the 100K-coordinate gallery costs ~30 s of a 2-core CPU, in every process that loads the model."""
+        return {"gallery": self.gallery().cpu(), "gallery_embeddings": self.gallery_embeddings().cpu()}
+
+    def load_inference_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Take `inference_state()` of this model's weights as they are now (call it after loading them and moving
+        the model): the cache stays valid until the weights change, as a computed one does."""
+        gallery, embeddings = state["gallery"], state["gallery_embeddings"]
+        dim = self.location_encoder.embed_dim
+        if gallery.ndim != 2 or gallery.shape[1] != 2 or tuple(embeddings.shape) != (len(gallery), dim):
+            raise ValueError(f"inference state does not fit this GeoCLIP: gallery {tuple(gallery.shape)}, embeddings "
+                             f"{tuple(embeddings.shape)}, embed_dim {dim}")
+        weight = self.location_encoder.branches[0].head.weight
+        self._gallery = gallery.to(torch.float32)
+        self._gallery_cache = (self._gallery_key(), embeddings.to(weight.device))
 
     @torch.no_grad()
     def predict(self, batch: dict[str, torch.Tensor], k: int = 5, ten_crop: bool = False) -> dict[str, torch.Tensor]:

@@ -248,7 +248,7 @@ class PipelineJob:
         segmenter = Segmenter(self.ingest_config.segmenter, config.ingest.label_grid, s3=self.s3)
         model_uri, version = register_model(state_dict, registered, self.hierarchy, segmenter, self.shards_uri, split,
                                              work_key=f"pipeline|{self.keys['register']}|{self.run.info.run_id}",
-                                             checkpoint_uri=self.checkpoint)
+                                             checkpoint_uri=self.checkpoint, model=model)
         return {}, {"version": version, "model_uri": model_uri, "mlflow_run_id": self.run.info.run_id,
                     "split": split, "metrics": metrics, "median_guess": reference}
 

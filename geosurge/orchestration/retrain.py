@@ -28,6 +28,7 @@ import torch
 from geosurge import storage
 from geosurge.config import PipelineConfig
 from geosurge.layout import DataRoot
+from geosurge.models import create_model
 from geosurge.orchestration.retraining import (
     EXIT_LOCKED,
     BucketLock,
@@ -185,7 +186,9 @@ def _fine_tune_and_register(config: PipelineConfig, root: DataRoot, new: list[In
 
     header("4/5 register the fine-tuned model as the challenger")
     fence()
+    model = create_model(config.model, hierarchy, pretrained=False)  # the bundle keeps what it derives for inference
+    model.load_state_dict(state_dict)
     _, version = register_model(state_dict, config, hierarchy, champion.segmenter, totals.shards_uri, "train",
                                 tags={"retrain.parent_version": str(champion_version)}, work_key=work_key,
-                                checkpoint_uri=trained.checkpoint_path)
+                                checkpoint_uri=trained.checkpoint_path, model=model.eval())
     return run, totals, str(champion_version), version

@@ -11,6 +11,7 @@ import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import mlflow
 
@@ -24,6 +25,9 @@ from geosurge.orchestration.retraining import BucketLock
 from geosurge.segmentation.segmenter import Segmenter
 from geosurge.tracking.registry import log_and_register
 from geosurge.train.trainer import TrainResult, train
+
+if TYPE_CHECKING:
+    import torch
 
 
 def header(title: str) -> float:
@@ -84,11 +88,13 @@ def train_model(config: PipelineConfig, shards_uri: str, hierarchy: GeocellHiera
 
 def register_model(state_dict: dict, config: PipelineConfig, hierarchy: GeocellHierarchy, segmenter: Segmenter,
                    shards_uri: str, example_split: str, tags: dict[str, str] | None = None,
-                   work_key: str = "", checkpoint_uri: str = "") -> tuple[str, str]:
+                   work_key: str = "", checkpoint_uri: str = "", model: torch.nn.Module | None = None,
+                   ) -> tuple[str, str]:
     """Log the model (with one shard image as its input example) in the active MLflow run, register a new
     version at `tracking.alias` with `tags`; returns (model URI by alias, version). Idempotent: `work_key` (what
     was trained, and in which training run) gives the version's idempotency key, so a rerun of the same work
-    reuses the version it registered before a crash (see `idempotency_key`)."""
+    reuses the version it registered before a crash (see `idempotency_key`). `model`: the model holding
+    `state_dict`, if at hand: what it derived for inference goes into the bundle (`write_bundle`)."""
     example = next(split_batches(shards_uri, example_split, config.s3, 1, ["image"]), None)
     if example is None:
         raise ValueError(f"the shards ({shards_uri}) have no '{example_split}' row for the model's input example")
@@ -96,7 +102,7 @@ def register_model(state_dict: dict, config: PipelineConfig, hierarchy: GeocellH
     key = idempotency_key(work_key) if work_key else None  # no key: nothing to reuse, a new version
     model_uri, version = log_and_register(state_dict, config, hierarchy, segmenter, example_image,
                                           shards_uri=shards_uri, checkpoint_uri=checkpoint_uri,
-                                          idempotency_key=key, tags=tags)
+                                          idempotency_key=key, tags=tags, model=model)
     print(f"registered {config.tracking.registered_model} version {version} as {model_uri}", flush=True)
     return model_uri, version
 

@@ -31,6 +31,7 @@ from geosurge.serving.prediction import (
 
 ALL_CANDIDATES = 2**31 - 1  # every model's predict caps k at its candidate count: this k returns them all
 _REDACTED = "<hidden>"  # what PipelineConfig.to_dict writes in place of S3 credentials
+INFERENCE_STATE_FILE = "inference_state.pt"  # a model's `inference_state()`, when it has one (GeoCLIP: its gallery)
 log = logging.getLogger(__name__)
 
 
@@ -65,7 +66,11 @@ class GeoLocator:
         segmenter = Segmenter(str(root / "segmenter"), config.ingest.label_grid)
         # a saved random-init segmenter loads as an ordinary folder: keep what write_bundle recorded about it
         segmenter.is_random = json.loads((root / "segmenter" / "geosurge.json").read_text())["random_init"]
-        return cls(model, segmenter, config, hierarchy)
+        locator = cls(model, segmenter, config, hierarchy)
+        if (root / INFERENCE_STATE_FILE).exists():  # after the move to its device: the state is keyed to it
+            locator.model.load_inference_state(torch.load(root / INFERENCE_STATE_FILE, map_location="cpu",
+                                                          weights_only=True))
+        return locator
 
     @torch.no_grad()
     def predict_arrays(self, images: np.ndarray, k: int = DEFAULT_TOP_K, ten_crop: bool = False) -> dict[str, np.ndarray]:
@@ -157,10 +162,15 @@ class GeoLocator:
         return self.predict_bytes(images, k)
 
 
-def write_bundle(root: Path, state_dict: dict, config: PipelineConfig, hierarchy: GeocellHierarchy, segmenter: Segmenter) -> Path:
-    """Everything a consumer needs, in one folder (logged as the pyfunc's artifact)."""
+def write_bundle(root: Path, state_dict: dict, config: PipelineConfig, hierarchy: GeocellHierarchy, segmenter: Segmenter,
+                 model: torch.nn.Module | None = None) -> Path:
+    """Everything a consumer needs, in one folder (logged as the pyfunc's artifact). `model`: the model holding
+    `state_dict`, when the caller has it; what it derived from its weights for inference (`inference_state`) is
+    saved too, so no consumer derives it again."""
     root.mkdir(parents=True, exist_ok=True)
     torch.save(state_dict, root / "model.pt")
+    if model is not None and hasattr(model, "inference_state"):
+        torch.save(model.inference_state(), root / INFERENCE_STATE_FILE)
     (root / "config.yaml").write_text(config.to_yaml())
     hierarchy.save(str(root / GEOCELLS_FILE))
     segmenter.model.save_pretrained(root / "segmenter")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mlflow
 from mlflow.tracking import MlflowClient
@@ -23,6 +24,9 @@ from geosurge.serving import GeoLocator, write_bundle
 from geosurge.storage import redact_uri
 from geosurge.tracking.model_card import metric_rows, registration_card
 from geosurge.tracking.runs import log_training_shards
+
+if TYPE_CHECKING:
+    import torch
 
 PYFUNC_ENTRY = Path(__file__).with_name("pyfunc_model.py")  # models-from-code: MLflow runs it, nothing is pickled
 PACKAGE_DIR = Path(geosurge.__file__).parent  # the whole package travels with every registered model
@@ -53,9 +57,10 @@ def log_and_register(
     parent_version: str | None = None,
     idempotency_key: str | None = None,
     tags: dict[str, str] | None = None,
+    model: torch.nn.Module | None = None,
 ) -> tuple[str, str]:
     """Log the pyfunc model in the active MLflow run, register a new version and point the alias at it.
-    Returns (model URI by alias, version).
+    Returns (model URI by alias, version). `model`: the model holding `state_dict`, if at hand (`write_bundle`).
 
     The version gets its model card (`geosurge.tracking.model_card`): the training shards are logged as the run's
     "training" dataset (`shards_uri`, default the data root's ingest shards), `checkpoint_uri` is tagged on the
@@ -80,7 +85,7 @@ def log_and_register(
     if checkpoint_uri:
         mlflow.set_tag(CHECKPOINT_TAG, redact_uri(checkpoint_uri))
     with tempfile.TemporaryDirectory() as tmp:
-        bundle = write_bundle(Path(tmp) / "bundle", state_dict, config, hierarchy, segmenter)
+        bundle = write_bundle(Path(tmp) / "bundle", state_dict, config, hierarchy, segmenter, model)
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(PYFUNC_ENTRY),

@@ -1,6 +1,8 @@
 """GeoCLIP: parity with the `geoclip` package's released location encoder, training loss with the GPS queue,
 gallery retrieval and its cache."""
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -187,6 +189,34 @@ def test_predict_ranks_the_gallery_and_caches_its_embeddings(small_gallery):
     reloaded = model.gallery_embeddings()
     model.train().eval()
     assert model.gallery_embeddings() is not reloaded
+
+
+def test_inference_state_gives_a_copy_of_the_weights_the_gallery_without_encoding_it_again(small_gallery,
+                                                                                           monkeypatch):
+    """What a model bundle carries (`inference_state`): a model loaded with the same weights takes it and predicts
+    as the original, without the gallery file and without encoding the gallery; once its weights change it encodes
+    again; a state of another gallery or width is refused."""
+    uri, _ = small_gallery
+    model = _model(gallery=uri).eval()
+    batch = _batch(4)
+    expected = model.predict(batch, k=5)
+    state = model.inference_state()
+    os.remove(uri)
+    copy = _model(gallery=uri)
+    copy.load_state_dict(model.state_dict())
+    copy.eval()
+    copy.load_inference_state(state)
+    encoded, encode = [], copy.location_encoder.encode_locations
+    monkeypatch.setattr(copy.location_encoder, "encode_locations", lambda *a, **k: encoded.append(1) or encode(*a, **k))
+    out = copy.predict(batch, k=5)
+    assert all(torch.equal(out[key], expected[key]) for key in expected) and not encoded
+    copy.train().eval()  # weights may have changed: the carried embeddings are stale
+    copy.predict(batch, k=5)
+    assert encoded == [1]
+    with pytest.raises(ValueError, match="does not fit"):
+        copy.load_inference_state({**state, "gallery": state["gallery"][:3]})
+    with pytest.raises(ValueError, match="does not fit"):
+        copy.load_inference_state({**state, "gallery_embeddings": state["gallery_embeddings"][:, :8]})
 
 
 def test_ten_crop_averages_the_gallery_probabilities_over_the_ten_views(small_gallery):
