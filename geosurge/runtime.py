@@ -9,12 +9,29 @@ from geosurge import console
 from geosurge.config import PipelineConfig
 
 
+def single_machine_environment(cpus: int | None = None) -> dict[str, str]:
+    """Ray settings for a Ray that runs on one machine, whose defaults suit clusters; a local Ray's processes inherit
+    them from the driver's environment (a cluster's come from its own nodes' environment: see the README).
+
+    - Ray Data's Parquet reader reads file footers on a pool of 32 actors per read (32 new processes, for a split
+      of a few shard files); one per core instead (a 160-row split read in 1.3 s on 1 actor, 3.4 s on 32, 2 cores).
+    - Ray Train's controller polls its workers every 0.25 s, not 2 s: a finished fit is seen at once (~3 s each).
+    - No Ray Train preemption watcher (one more actor process per fit, for spot nodes one machine does not have).
+    """
+    cpus = cpus or os.cpu_count() or 1
+    return {"RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": str(min(cpus, 32)),
+            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
+            "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+
+
 def init_ray(config: PipelineConfig) -> None:
     """Join the cluster (config or RAY_ADDRESS, as inside `ray job submit`), or start a local Ray."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     address = config.ray.address or os.environ.get("RAY_ADDRESS")
     if not address:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local Ray needs no token
+        for name, value in single_machine_environment().items():  # what the user's environment sets wins
+            os.environ.setdefault(name, value)
     import ray
 
     num_cpus = None

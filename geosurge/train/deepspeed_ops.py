@@ -3,15 +3,20 @@
 DeepSpeed JIT-compiles the ops a run loads (on CPU: its Adam and its shared-memory collectives) the first time a
 process calls `deepspeed.initialize`: about a minute of a 2-core machine, inside the first training run. Ninja
 keeps the result in `TORCH_EXTENSIONS_DIR` and skips the build while the compile command is unchanged (the same
-Python environment at the same path) and the same ninja reads its log. `build_deepspeed_ops` does it ahead of time,
-as `make install` does, so no run pays for it. (Not in infra/Dockerfile: DeepSpeed compiles its CPU ops with
--march=native, for the machine that builds them, and an image's GPU ops need the GPU machine's toolkit.)
+Python environment at the same path) and the same ninja reads its log. The default cache has one folder per Python
+environment (`environment_cache_dir`): the include paths in each command name the environment's torch, so two venvs
+sharing one folder (two checkouts, a CI clone) would each find every command changed and rebuild in turn.
+`build_deepspeed_ops` does it ahead of time, as `make install` does, so no run pays for it. (Not in infra/Dockerfile:
+DeepSpeed compiles its CPU ops with -march=native, for the machine that builds them, and an image's GPU ops need the
+GPU machine's toolkit.)
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -22,10 +27,18 @@ OP_BUILDERS = ("FusedAdamBuilder", "ShareMemCommBuilder")
 
 
 def use_extensions_cache() -> str:
-    """Point `TORCH_EXTENSIONS_DIR` at the shared cache unless the environment chose one, and have torch's builds run
-    this Python environment's own ninja (`use_environment_ninja`); returns the folder."""
+    """Point `TORCH_EXTENSIONS_DIR` at this environment's folder of the shared cache unless the environment chose one,
+    and have torch's builds run this Python environment's own ninja (`use_environment_ninja`); returns the folder."""
     use_environment_ninja()
-    return os.environ.setdefault("TORCH_EXTENSIONS_DIR", DEFAULT_EXTENSIONS_DIR)
+    return os.environ.setdefault("TORCH_EXTENSIONS_DIR", environment_cache_dir())
+
+
+def environment_cache_dir(root: str = DEFAULT_EXTENSIONS_DIR) -> str:
+    """This Python environment's folder under `root`: the environment folder's name and a hash of its full path (a
+    Ray worker started by this venv's Python has the same `sys.prefix`, so it finds the same folder)."""
+    prefix = os.path.realpath(sys.prefix)
+    digest = hashlib.sha256(prefix.encode()).hexdigest()[:10]
+    return os.path.join(root, f"{os.path.basename(prefix).lstrip('.') or 'python'}-{digest}")
 
 
 def use_environment_ninja() -> str | None:

@@ -16,7 +16,7 @@ from ray.train import Checkpoint
 from geosurge.config import GeoClipConfig, ModelConfig, TrainConfig
 from geosurge.models import HierarchySpec, create_model, list_models
 from geosurge.train.checkpoints import checkpoint_problem, has_optimizer_files
-from geosurge.train.deepspeed_ops import build_deepspeed_ops, use_extensions_cache
+from geosurge.train.deepspeed_ops import build_deepspeed_ops, environment_cache_dir, use_extensions_cache
 from geosurge.train.trainer import consolidated_state_dict, deepspeed_config
 from tests.models.model_helpers import TINY_VIT, random_batch, small_hierarchy
 
@@ -38,6 +38,16 @@ def test_the_ops_a_cpu_run_loads_are_built_ahead_into_the_shared_cache():
     outcome = build_deepspeed_ops()
     assert set(outcome) == {"fused_adam", "deepspeed_shm_comm"}, outcome
     assert all(what.startswith(f"ready in {os.environ['TORCH_EXTENSIONS_DIR']}") for what in outcome.values()), outcome
+
+
+def test_each_python_environment_has_its_own_ops_folder(tmp_path, monkeypatch):
+    """Compile commands name the environment's torch: two venvs in one folder would rebuild each other's ops in turn."""
+    mine = environment_cache_dir(str(tmp_path))
+    assert Path(mine).parent == tmp_path and Path(mine).name.startswith("venv-")
+    assert environment_cache_dir(str(tmp_path)) == mine  # stable: every process of this venv finds the same folder
+    monkeypatch.setattr(sys, "prefix", "/elsewhere/.venv")
+    other = environment_cache_dir(str(tmp_path))
+    assert Path(other).parent == tmp_path and Path(other).name.startswith("venv-") and other != mine
 
 
 def test_a_later_process_loads_the_built_ops_whichever_ninja_its_path_finds_first(tmp_path):
