@@ -291,6 +291,11 @@ class TrainConfig:
     # rows a worker mixes while it streams the train split (shards keep the manifest's order, which may follow place
     # or photographer); a split served from memory is reshuffled whole every epoch. 0: no shuffle buffer
     shuffle_buffer_rows: int = 2048
+    # each worker gets the same rows on every run: Ray Data keeps the blocks' order into its streaming split (each
+    # block goes to the worker with the fewest rows so far), so the same shards and config train the same model.
+    # False: blocks go out as their read tasks finish, and on a cluster to a worker on the block's node (faster
+    # streaming of large splits, at the price of runs that differ by which rows each worker saw)
+    deterministic_split: bool = True
     # a torch state dict (local path or s3://) the model starts from instead of its initialisation: fine-tuning
     # (the retraining job points it at the champion's weights); a resumed run takes its checkpoint instead
     init_weights: str | None = None

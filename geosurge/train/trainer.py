@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import pyarrow.fs as pafs
 import ray
 import torch
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from geosurge import storage
@@ -47,7 +47,7 @@ from geosurge.train.worker import (
 )
 
 __all__ = ["SCORE_METRIC", "TrainResult", "TrainState", "build_trainer",
-           "consolidated_state_dict", "deepspeed_config", "train"]
+           "consolidated_state_dict", "data_config", "deepspeed_config", "train"]
 
 SCORE_METRIC = "val_loss"  # checkpoints are ranked by it (lowest first)
 
@@ -119,8 +119,20 @@ def build_trainer(
             failure_config=FailureConfig(max_failures=tc.max_failures),
         ),
         datasets=datasets,
+        dataset_config=data_config(tc.deterministic_split),
     )
     return trainer, has_val
+
+
+def data_config(deterministic: bool) -> DataConfig:
+    """How Ray Train splits the datasets over the workers. Deterministic: Ray Data's `preserve_order`, so the blocks
+    reach the streaming split in the shards' order and each goes to the same worker on every run (without it they go
+    in the order their read tasks finish: two demo runs on one machine trained on different rows per worker)."""
+    if not deterministic:
+        return DataConfig()
+    options = DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return DataConfig(execution_options=options)
 
 
 def train(

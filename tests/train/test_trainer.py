@@ -23,6 +23,7 @@ from geosurge.train.trainer import (
     build_trainer,
     checkpoint_root,
     consolidated_state_dict,
+    data_config,
     train,
     unshared_checkpoints_warning,
 )
@@ -215,6 +216,48 @@ def test_zero3_partitions_over_two_workers_and_consolidates_to_the_engines_model
         out = model(batch)
     torch.testing.assert_close(out["embedding"], engine["embedding"], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(out["loss"], engine["loss"], rtol=1e-4, atol=1e-5)
+
+
+def _rows_per_worker(dataset, config) -> list[list[int]]:
+    """Each of two workers' rows of `dataset`, split as Ray Train splits it under `config`: both parts consumed at once,
+    each by its own Ray task, as the workers do."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def consume(part) -> list[int]:
+        return [int(i) for batch in part.iter_batches(batch_size=None) for i in batch["id"]]
+
+    parts = config.configure({"train": dataset}, world_size=2, worker_handles=None, worker_node_ids=None)
+    return ray.get([consume.remote(part["train"]) for part in parts])
+
+
+def test_each_worker_gets_the_same_rows_on_every_run(small_shards, tmp_path):
+    """train.deterministic_split (the default): the blocks of a split reach the workers in the shards' order, so every
+    run deals the same rows to the same worker, however the read tasks race (here: each sleeps a random while)."""
+    import random
+    import time
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import ray.data
+
+    for f in range(6):
+        pq.write_table(pa.table({"id": list(range(f * 10, f * 10 + 10))}), tmp_path / f"part-{f}.parquet")
+
+    def late(batch):
+        time.sleep(random.uniform(0, 0.4))
+        return batch
+
+    def split_rows():
+        dataset = ray.data.read_parquet(str(tmp_path), override_num_blocks=6).map_batches(late, batch_size=None)
+        return _rows_per_worker(dataset, data_config(deterministic=True))
+
+    first = split_rows()
+    assert sorted(first[0] + first[1]) == list(range(60)) and len(first[0]) == len(first[1]) == 30
+    assert all(split_rows() == first for _ in range(3))
+    built, _ = build_trainer(small_run_config(tmp_path), small_shards.uri, small_shards.hierarchy,
+                             small_shards.hierarchy_uri)
+    assert built.data_config._resolve_execution_options("train").preserve_order  # what Ray Train applies to the split
 
 
 def test_a_local_checkpoint_folder_on_a_cluster_of_several_nodes_is_warned_about(tmp_path):
