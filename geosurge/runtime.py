@@ -24,14 +24,20 @@ def single_machine_environment(cpus: int | None = None) -> dict[str, str]:
             "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
+def use_single_machine_environment() -> None:
+    """Put `single_machine_environment` into this process's environment, before it starts a Ray on one machine (whose
+    processes inherit it); what the environment already sets wins."""
+    for name, value in single_machine_environment().items():
+        os.environ.setdefault(name, value)
+
+
 def init_ray(config: PipelineConfig) -> None:
     """Join the cluster (config or RAY_ADDRESS, as inside `ray job submit`), or start a local Ray."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     address = config.ray.address or os.environ.get("RAY_ADDRESS")
     if not address:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local Ray needs no token
-        for name, value in single_machine_environment().items():  # what the user's environment sets wins
-            os.environ.setdefault(name, value)
+        use_single_machine_environment()
     import ray
 
     num_cpus = None

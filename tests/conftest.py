@@ -11,15 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from geosurge.runtime import single_machine_environment
+from geosurge.runtime import use_single_machine_environment
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # The test Rays (ray_local, and the `ray start` nodes of tests/workflows) run on this one machine: the settings a
 # local Ray of the pipeline gets (a Parquet footer actor per core, not 32 per read; a fit's end seen at once; no
 # preemption watcher). Measured back to back: tests/train/test_trainer.py took 265 s instead of 366 s on Ray's defaults.
-for _name, _value in single_machine_environment().items():
-    os.environ.setdefault(_name, _value)
+use_single_machine_environment()
 # The test S3 servers' key (SeaweedServer's identity), as a job's environment provides it: S3 credentials never
 # travel in Ray task arguments (S3Config pickles without them), so Ray workers read them from the AWS chain.
 # Set before any Ray starts: its workers inherit this environment.
