@@ -8,10 +8,11 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
+import ray
 from PIL import Image
 
 from geosurge import storage
-from geosurge.config import GeoWorldConfig, IngestConfig
+from geosurge.config import GeoWorldConfig, IngestConfig, S3Config
 from geosurge.data.geoworld import generate_geoworld
 from geosurge.data.ingest import ingest, read_quarantine
 from geosurge.geo.geocells import GeocellHierarchy
@@ -90,3 +91,14 @@ def test_ingest_streams_a_gzipped_csv_manifest_from_s3_with_geocells(ray_local, 
                                   hierarchy.assign(shards.column("lat").to_numpy(), shards.column("lon").to_numpy()))
     report = storage.read_bytes("s3://world/csv-out/ingest_report.json", s3).decode()
     assert "testsecret" not in report and "testkey" not in report
+
+
+def test_s3_settings_pickle_without_their_keys_into_ray_tasks():
+    """Each node takes the keys from its own AWS chain. (A whole training run on a config that holds keys, and every
+    place they must not reach: tests/train/test_trainer.py's learning test.)"""
+    s3 = S3Config(endpoint_url="http://127.0.0.1:1", region="us-east-1", access_key_id="KEY-ID-1",
+                  secret_access_key="SECRET-1")
+    for shipped in (s3, storage.s3_filesystem(s3)):
+        assert b"SECRET-1" not in ray.cloudpickle.dumps(shipped) and b"KEY-ID-1" not in ray.cloudpickle.dumps(shipped)
+    received = ray.cloudpickle.loads(ray.cloudpickle.dumps(s3))
+    assert (received.endpoint_url, received.region, received.secret_access_key) == (s3.endpoint_url, s3.region, None)

@@ -1,12 +1,16 @@
-"""The Ray Train + DeepSpeed trainer end to end on a small GeoWorld: real Ray workers, real DeepSpeed (ZeRO-2 and
-ZeRO-3 over two workers, ZeRO-0 on one; gloo), MLflow on sqlite or a real server, SeaweedFS for checkpoints on S3.
-Training learns and the registered version serves the trained weights; validation every epoch, early stopping, the
-best checkpoint, per-step metrics."""
+"""The Ray Train + DeepSpeed trainer on a small GeoWorld: real Ray workers, real DeepSpeed (ZeRO-2 and ZeRO-3 over
+two workers; gloo), MLflow on a real server. Training learns, the registered version serves the trained weights and
+no S3 key leaves the driver; ZeRO-3 consolidates to the engine's model; the split, the lr schedule and the patience
+rule. Early stopping on the best checkpoint, checkpoints on S3 and fine-tuning from given weights are checked on runs
+that also meet faults: test_fault_tolerance.py."""
 
-from collections import Counter
+import json
+import uuid
+from pathlib import Path
 
 import mlflow
 import pytest
+import ray
 import torch
 from mlflow.tracking import MlflowClient
 from ray.train.torch import TorchTrainer
@@ -28,48 +32,7 @@ from geosurge.train.trainer import (
     unshared_checkpoints_warning,
 )
 from tests.tracking import registry_helpers
-from tests.train.train_helpers import small_run_config, steps_per_epoch
-
-
-def metric_steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
-    return [m.step for m in client.get_metric_history(run_id, key)]
-
-
-@pytest.mark.slow
-def test_training_logs_every_step_once_and_early_stops_on_the_best_checkpoint(small_shards, tmp_path):
-    # lr 0: the weights never move, so the val loss never gains on epoch 0 by more than min_delta (it only moves
-    # by float rounding) and the run must stop after `patience` more epochs.
-    config = small_run_config(tmp_path, "run_name=early", "train.epochs=5", "train.lr=0.0",
-                              "train.early_stopping_patience=1", "train.early_stopping_min_delta=0.001")
-    run = start_mlflow_run(config)
-    result = train(config, small_shards.uri, small_shards.hierarchy, small_shards.hierarchy_uri, run.info.run_id)
-    mlflow.end_run()
-
-    per_epoch = steps_per_epoch(small_shards.rows["train"], config)
-    assert result.metrics["final_epoch"] == 1 and result.metrics["final_stopped_early"]  # 1 epoch without gain
-    assert result.metrics["final_global_step"] == 2 * per_epoch
-    model = create_model(config.model, small_shards.hierarchy)
-    model.load_state_dict(consolidated_state_dict(result.checkpoint_path))  # loadable, every key matches
-
-    client = MlflowClient(config.resolved_tracking_uri)
-    run_id = run.info.run_id
-    val_history = client.get_metric_history(run_id, "val_loss")
-    assert [m.step for m in val_history] == [0, 1]
-    best = min(val_history, key=lambda m: (m.value, -m.step))
-    assert result.metrics["epoch"] == best.step  # the returned checkpoint is the lowest val loss's (later on a tie)
-    assert result.metrics["val_loss"] == pytest.approx(best.value)
-    assert (result.checkpoint_path == result.latest_checkpoint_path) == (best.step == 1)
-    assert metric_steps(client, run_id, "train_loss") == [0, 1]
-    step_log = metric_steps(client, run_id, "train_loss_step")
-    assert step_log == list(range(2, 2 * per_epoch + 1, 2))  # every 2nd optimizer step, each once
-    tags = client.get_run(run_id).data.tags
-    assert tags["train.best_epoch"] == str(best.step) and tags["train.stopped_early"] == "True"
-
-    # The same run name again: the stopped run stays stopped (no further epochs), same best checkpoint.
-    again = train(config, small_shards.uri, small_shards.hierarchy, small_shards.hierarchy_uri)
-    assert again.metrics["final_global_step"] == 2 * per_epoch
-    assert again.checkpoint_path == result.checkpoint_path
-    assert Counter(metric_steps(client, run_id, "val_loss")) == Counter([0, 1])
+from tests.train.train_helpers import small_run_config
 
 
 def test_patience_counts_epochs_without_a_gain_beyond_min_delta():
@@ -100,15 +63,31 @@ def test_the_lr_warms_up_linearly_then_decays_by_epoch():
         TrainConfig(warmup_steps=-1)
 
 
+def assert_no_key(where: str, data: bytes | str, *keys: str) -> None:
+    data = data if isinstance(data, bytes) else data.encode()
+    assert not any(key.encode() in data for key in keys), f"an S3 key in {where}"
+
+
 @pytest.mark.slow
-def test_training_learns_and_the_registered_version_serves_the_trained_weights(small_shards, mlflow_server, tmp_path):
+def test_training_learns_the_registered_version_serves_the_trained_weights_and_no_key_leaves_the_driver(
+        small_shards, mlflow_server, tmp_path, monkeypatch):
     """lr > 0 on the small fixed GeoWorld: the train loss falls, the val GeoScore beats the untrained model's, and
-    the version registered (real MLflow server) from the best checkpoint serves exactly its consolidated weights."""
+    the version registered (real MLflow server) from the best checkpoint serves exactly its consolidated weights.
+
+    The config holds S3 keys (this data needs none), and they never leave the driver: not in what Ray ships to its
+    controller and workers (the trainer, its loop config and datasets), not in the train-run state behind the Ray
+    dashboard's train-run API, not in Ray Train's storage, not in the MLflow params, the logged `config.yaml` or the
+    registered model's files."""
+    monkeypatch.setenv("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")  # the state the dashboard's train-run API serves
+    keys = (f"KEYID{uuid.uuid4().hex}", f"SECRET{uuid.uuid4().hex}")
     # a 2-step warm-up: the default's 25 would cover most of this run's ~30 steps
     config = small_run_config(tmp_path, "run_name=learns", "train.epochs=3", "train.lr=1e-3", "train.warmup_steps=2",
                               "train.early_stopping_patience=null", "ingest.image_size=32", "ingest.label_grid=4",
                               f"tracking.tracking_uri={mlflow_server}", f"tracking.experiment=learns-{tmp_path.name}",
-                              f"tracking.registered_model=learns-{tmp_path.name}")
+                              f"tracking.registered_model=learns-{tmp_path.name}", f"s3.access_key_id={keys[0]}",
+                              f"s3.secret_access_key={keys[1]}")
+    trainer, _ = build_trainer(config, small_shards.uri, small_shards.hierarchy, small_shards.hierarchy_uri)
+    assert_no_key("the trainer Ray ships (loop config, datasets)", ray.cloudpickle.dumps(trainer), *keys)
     torch.manual_seed(config.train.seed)  # what every worker builds before its first step
     untrained = create_model(config.model, small_shards.hierarchy)
     initial = {k: v.detach().clone() for k, v in untrained.state_dict().items()}
@@ -124,8 +103,8 @@ def test_training_learns_and_the_registered_version_serves_the_trained_weights(s
         finally:
             mlflow.end_run()
 
-    losses = [m.value for m in sorted(MlflowClient(mlflow_server).get_metric_history(run.info.run_id, "train_loss"),
-                                      key=lambda m: m.step)]
+    client = MlflowClient(mlflow_server)
+    losses = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "train_loss"), key=lambda m: m.step)]
     assert len(losses) == 3 and losses[-1] < losses[0] * 0.95, losses
     trained = create_model(config.model, small_shards.hierarchy)
     trained.load_state_dict(trained_state)  # strict: every key of the model, nothing else
@@ -139,27 +118,25 @@ def test_training_learns_and_the_registered_version_serves_the_trained_weights(s
     assert served.keys() == trained_state.keys()
     assert all(torch.equal(served[k], trained_state[k]) for k in served)
 
+    params = client.get_run(run.info.run_id).data.params
+    assert params["s3.secret_access_key"] == "<hidden>"
+    assert_no_key("MLflow params", json.dumps(params), *keys)
+    run_files = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path / "run_artifacts")))
+    assert (run_files / "config.yaml").is_file()
+    model_files = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(tmp_path / "registered"),
+                                                           tracking_uri=mlflow_server))
+    storage = tmp_path / "ray_results" / config.run_name  # checkpoints and Ray Train's own state
+    files = [p for folder in (run_files, model_files, storage) for p in folder.rglob("*") if p.is_file()]
+    assert any(p.is_relative_to(model_files) for p in files) and any(p.is_relative_to(storage) for p in files)
+    for path in files:
+        assert_no_key(str(path), path.read_bytes(), *keys)
 
-@pytest.mark.slow
-def test_fine_tuning_starts_from_the_given_weights(small_shards, tmp_path):
-    """Retraining's `train.init_weights` (the champion's weights): with lr 0 nothing moves, so the checkpoint holds
-    exactly the weights the first step started from; they are the champion's, not the seed's fresh model. Under
-    ZeRO-0, the fastest stage on CPU, whose checkpoint keeps the weights outside any optimizer partition."""
-    config = small_run_config(tmp_path, "run_name=fine_tune", "train.epochs=1", "train.lr=0.0", "train.zero_stage=0",
-                              "train.num_workers=1", "ingest.image_size=32", "ingest.label_grid=4")
-    torch.manual_seed(config.train.seed + 1)  # not the seed the worker builds its model with
-    champion = create_model(config.model, small_shards.hierarchy).state_dict()
-    champion_uri = str(tmp_path / "champion.pt")
-    torch.save(champion, champion_uri)
-    torch.manual_seed(config.train.seed)
-    fresh = create_model(config.model, small_shards.hierarchy).state_dict()
-    config.train.init_weights = champion_uri
+    from ray.train.v2._internal.state.state_actor import get_state_actor
 
-    result = train(config, small_shards.uri, small_shards.hierarchy, small_shards.hierarchy_uri)
-    started_from = consolidated_state_dict(result.checkpoint_path)
-    assert started_from.keys() == champion.keys()
-    assert all(torch.equal(started_from[k], champion[k]) for k in champion)
-    assert not all(torch.equal(started_from[k], fresh[k]) for k in fresh)
+    train_runs = ray.get(get_state_actor().get_train_runs.remote()).values()
+    ours = [r.model_dump_json() for r in train_runs if r.name == config.run_name]
+    assert ours and small_shards.hierarchy_uri in ours[0]  # the loop config is shown, without the keys
+    assert_no_key("the dashboard's train-run state", "".join(ours), *keys)
 
 
 @pytest.mark.slow
@@ -269,28 +246,3 @@ def test_a_local_checkpoint_folder_on_a_cluster_of_several_nodes_is_warned_about
     assert unshared_checkpoints_warning(checkpoint_root(local), nodes=1) is None  # one machine: its own disk is fine
     warning = unshared_checkpoints_warning(checkpoint_root(local), nodes=4)
     assert warning and "4 nodes" in warning and "train.storage_path=s3://" in warning
-
-
-@pytest.mark.slow
-def test_checkpoints_on_s3_resume_and_consolidate_from_the_bucket(small_shards, s3, tmp_path):
-    """train.storage_path=s3://… (SeaweedFS): Ray Train writes its checkpoints through our S3 filesystem (custom
-    endpoint), a rerun of the run name resumes from the bucket, and the best checkpoint consolidates from it."""
-    settings = [f"s3.endpoint_url={s3.endpoint_url}", f"s3.region={s3.region}", "train.storage_path=s3://ckpt/runs",
-                "run_name=on-s3", "train.early_stopping_patience=null"]
-    first = train(small_run_config(tmp_path, *settings, "train.epochs=1"), small_shards.uri, small_shards.hierarchy,
-                  small_shards.hierarchy_uri)
-    assert first.checkpoint_path.startswith("s3://ckpt/runs/on-s3/checkpoint_")
-    assert not (tmp_path / "ray_results").exists()  # nothing on the driver's disk
-
-    config = small_run_config(tmp_path, *settings, "train.epochs=2")
-    run = start_mlflow_run(config)
-    try:
-        again = train(config, small_shards.uri, small_shards.hierarchy, small_shards.hierarchy_uri, run.info.run_id)
-    finally:
-        mlflow.end_run()
-    per_epoch = steps_per_epoch(small_shards.rows["train"], config)
-    assert again.metrics["final_global_step"] == 2 * per_epoch
-    tags = MlflowClient(config.resolved_tracking_uri).get_run(run.info.run_id).data.tags
-    assert tags["train.resumed_after_epoch"] == "0"  # epoch 0 came from the bucket, not from a fresh start
-    model = create_model(config.model, small_shards.hierarchy)
-    model.load_state_dict(consolidated_state_dict(again.checkpoint_path, config.s3))  # read from the bucket

@@ -2,11 +2,6 @@
 
 import re
 
-import pyarrow.fs as pafs
-
-from geosurge import storage
-from geosurge.storage import S3Config
-
 # A pipeline run small enough for a test: 240 GeoWorld images at 32 px, a 2-block ViT, 2 epochs.
 SMALL_RUN = [
     "geoworld.num_images=240",
@@ -33,11 +28,3 @@ RAY_INTERNAL_LINE = re.compile(
 
 def ray_internal_lines(log: str) -> list[str]:
     return [line for line in log.splitlines() if RAY_INTERNAL_LINE.search(line)]
-
-
-def a_checkpoint_is_registered(checkpoints: str, s3: S3Config) -> bool:
-    """Whether Ray Train has registered a checkpoint of any run under `checkpoints`: its checkpoint-manager
-    snapshot is written after the upload (a checkpoint folder alone may still be half-copied)."""
-    fs, root = storage.resolve(checkpoints, s3)
-    files = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
-    return any(f.base_name == "checkpoint_manager_snapshot.json" for f in files)
