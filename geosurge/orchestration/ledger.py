@@ -97,3 +97,8 @@ class StageRunner:
         summary["seconds"] = round(time.time() - started, 1)
         self.records[name] = self.ledger.record(name, self.keys[name], outputs, summary)
         return self.records[name]
+
+    def seconds(self) -> dict[str, float]:
+        """How long each stage this run made took, in stage order (a stage an earlier run made is not in it)."""
+        return {name: record.summary.get("seconds", 0.0) for name, record in self.records.items()
+                if name not in self.done}

@@ -107,7 +107,7 @@ def run_pipeline(config: PipelineConfig, force: list[str] | None = None) -> int:
     print(f"GeoSURGE pipeline '{config.run_name}' (config {config.fingerprint()}); data root {config.resolved_data_root}")
     if stages.all_done:
         print("every stage is recorded as done with this config: nothing to do (--force STAGE redoes one)")
-        return summarise(config, stages.records, started)
+        return summarise(config, stages, started)
 
     init_ray(config)
     job = PipelineJob(config, keys, start_mlflow_run(config))
@@ -125,7 +125,7 @@ def run_pipeline(config: PipelineConfig, force: list[str] | None = None) -> int:
     mlflow.end_run()
     stages.run("evaluate", f"version {job.version} vs @{config.eval.champion_alias} on "
                f"{[b.name for b in config.eval.benchmarks]}", job.make_decision)
-    return summarise(config, stages.records, started)
+    return summarise(config, stages, started)
 
 
 Made = tuple[dict[str, str], dict]  # a stage's (outputs by name → URI, summary)
@@ -258,15 +258,21 @@ class PipelineJob:
         return {}, {"decision": decision, "alias_moved": outcome.alias_moved, "eval_run_id": outcome.run_id}
 
 
-def summarise(config: PipelineConfig, records: dict[str, StageRecord], started: float) -> int:
-    """The final report: counts, metrics, the model version and its aliases, and where everything is."""
+def summarise(config: PipelineConfig, stages: StageRunner, started: float) -> int:
+    """The final report: where the time went, counts, metrics, the model version and its aliases, and where
+    everything is."""
     from mlflow.tracking import MlflowClient
 
+    records = stages.records
     register, ingested = records["register"].summary, records["ingest"].summary
     name = config.tracking.registered_model
     client = MlflowClient(config.resolved_tracking_uri)
     aliases = sorted(client.get_registered_model(name).aliases.items())
     print(f"\n=== done in {time.time() - started:.0f} s ===")
+    seconds = stages.seconds()
+    if seconds:
+        print("stages: " + ", ".join(f"{stage} {s:.0f} s" for stage, s in seconds.items())
+              + (f" (done before: {', '.join(stages.done)})" if stages.done else ""))
     reasons = ", ".join(f"{k}={v}" for k, v in sorted(ingested["quarantined_by_reason"].items())) or "none"
     print(f"ingest: {ingested['rows_in']} in = {ingested['shard_rows']} in shards + "
           f"{sum(ingested['quarantined_by_reason'].values())} quarantined ({reasons})")
@@ -299,6 +305,7 @@ def summarise(config: PipelineConfig, records: dict[str, StageRecord], started: 
         "model": f"{register['model_uri']} (version {register['version']})",
         "aliases": {alias: f"version {v}" for alias, v in aliases},
         "stages": {n: r.key for n, r in records.items()},
+        "stage_seconds": seconds,  # the stages this run made
     }
     summary_path = Path(RunFolder(config.output_dir).summary)
     summary_path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,7 @@
 """Stage records: a stage is skipped only when its key matches and its outputs still exist."""
 
+import time
+
 from geosurge import storage
 from geosurge.orchestration.ledger import StageLedger, StageRunner, stage_key
 
@@ -62,3 +64,17 @@ def test_runner_skips_the_done_prefix_and_redoes_from_the_first_changed_or_force
         forced.run(name, "title", _make(calls, name))
     assert calls == ["a", "b", "c"]
     assert forced.records["c"].summary["made_by"] == "c" and "seconds" in forced.records["c"].summary
+
+
+def test_runner_says_how_long_each_stage_it_ran_took(tmp_path):
+    keys = {"a": "ka", "b": "kb"}
+    first = _runner(tmp_path, keys)
+    first.run("a", "title", _make([], "a"))
+    first.run("b", "title", lambda: (time.sleep(0.3), ({}, {}))[1])
+    assert list(first.seconds()) == ["a", "b"] and first.seconds()["b"] >= 0.3 > first.seconds()["a"]
+
+    changed = _runner(tmp_path, {**keys, "b": "kb2"})  # a is done before: only b's time is this run's
+    for name in keys:
+        changed.run(name, "title", _make([], name))
+    assert list(changed.seconds()) == ["b"] and changed.seconds()["b"] < 0.3
+    assert _runner(tmp_path, {**keys, "b": "kb2"}).seconds() == {}  # nothing ran

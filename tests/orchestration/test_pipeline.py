@@ -104,6 +104,7 @@ def test_a_finished_rerun_does_nothing_and_says_so(tmp_path, capsys, monkeypatch
     assert ray_starts == []
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())  # where everything is, for scripts
     assert summary["model"] == "models:/geosurge@challenger (version 1)" and summary["shards"].endswith("shards")
+    assert summary["stage_seconds"] == {} and "stages:" not in out  # no stage ran, none has a time of this run's
     assert f"summary: {tmp_path / 'run' / 'summary.json'}" in out and '"data_root"' not in out
 
 

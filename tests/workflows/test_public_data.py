@@ -7,6 +7,7 @@ manifest has no split, scene, country or label column."""
 
 import csv
 import json
+import re
 import time
 from pathlib import Path
 
@@ -95,6 +96,12 @@ def test_mp16_csv_to_a_registered_model_evaluated_on_im2gps3k(s3, mlflow_server,
         assert f"ingest: {TRAIN_PHOTOS} in = {TRAIN_PHOTOS} in shards + 0 quarantined" in log, log[-6000:]
         if preset != "geosurge-mp16":
             assert "=== 4/7 ingest" in log and "skipped" in log.split("=== 4/7 ingest")[1].split("===")[1]
+            # where the time went: the stages this job ran, and those an earlier job made
+            assert re.search(r"\nstages: train \d+ s, register \d+ s, evaluate \d+ s "
+                             r"\(done before: data, segmenter, geocells, ingest\)\n", log), log[-3000:]
+        else:
+            assert re.search(r"\nstages: data \d+ s, segmenter \d+ s, geocells \d+ s, ingest \d+ s, train \d+ s, "
+                             r"register \d+ s, evaluate \d+ s\n", log), log[-3000:]
         assert client.get_model_version_by_alias(model, "champion").version == "1"
         (eval_run,) = client.search_runs([client.get_experiment_by_name(model).experiment_id],
                                          filter_string="tags.`eval.challenger_version` = '1'")
