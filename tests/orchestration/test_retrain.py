@@ -41,7 +41,6 @@ def test_a_run_that_finds_the_lock_held_exits_75_and_does_nothing(tmp_path, caps
     assert not (tmp_path / "run").exists()
 
 
-
 def test_a_run_with_no_new_imagery_since_the_watermark_says_so_and_does_nothing(tmp_path, capsys):
     """The scheduled run on a quiet night: every manifest under incoming/ is in the watermark. It exits 0 before
     starting Ray or opening an MLflow run, and leaves the watermark and the lock as a later run needs them."""

@@ -188,17 +188,16 @@ def test_fine_tuning_starts_from_the_given_weights_and_a_corrupt_checkpoint_resu
     the weights and the optimizer in the model-states file (the other resume tests run ZeRO-2's partitions)."""
     overrides = ("run_name=fine-tune", "train.lr=0.0", "train.zero_stage=0", "train.early_stopping_patience=null",
                  "train.checkpoints_to_keep=2", "train.max_failures=0", "ingest.image_size=32", "ingest.label_grid=4")
+    champion_uri = str(tmp_path / "champion.pt")
+    overrides += (f"train.init_weights={champion_uri}",)
     config = small_run_config(tmp_path, *overrides, "train.epochs=2")
     torch.manual_seed(config.train.seed + 1)  # not the seed the workers build their model with
     champion = create_model(config.model, small_shards.hierarchy).state_dict()
-    champion_uri = str(tmp_path / "champion.pt")
     torch.save(champion, champion_uri)
     torch.manual_seed(config.train.seed)
     fresh = create_model(config.model, small_shards.hierarchy).state_dict()
-    init = f"train.init_weights={champion_uri}"
 
-    result = train(small_run_config(tmp_path, *overrides, init, "train.epochs=2"), small_shards.uri,
-                   small_shards.hierarchy, small_shards.hierarchy_uri)
+    result = train(config, small_shards.uri, small_shards.hierarchy, small_shards.hierarchy_uri)
     started_from = consolidated_state_dict(result.latest_checkpoint_path)
     assert started_from.keys() == champion.keys()
     assert all(torch.equal(started_from[k], champion[k]) for k in champion)
@@ -210,7 +209,7 @@ def test_fine_tuning_starts_from_the_given_weights_and_a_corrupt_checkpoint_resu
     (model_states,) = checkpoints[-1].glob("global_step*/mp_rank_00_model_states.pt")
     model_states.write_bytes(model_states.read_bytes()[: model_states.stat().st_size // 2])
 
-    config = small_run_config(tmp_path, *overrides, init, "train.epochs=3")
+    config = small_run_config(tmp_path, *overrides, "train.epochs=3")
     run = start_mlflow_run(config)
     result = train(config, small_shards.uri, small_shards.hierarchy, small_shards.hierarchy_uri, run.info.run_id)
     mlflow.end_run()
