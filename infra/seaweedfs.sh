@@ -164,13 +164,23 @@ stop() {
         return 0
     fi
     kill "$pid"
-    for _ in $(seq 1 150); do
-        kill -0 "$pid" 2>/dev/null || break
+    wait_gone "$pid" 150 || { kill -9 "$pid" 2>/dev/null || true; wait_gone "$pid" 50 || true; }
+    rm -f "$dir/weed.pid"
+    if alive "$pid"; then echo "pid $pid still runs after SIGTERM, 15 s, SIGKILL and 5 s" >&2; exit 1; fi
+    echo "stopped (pid $pid)"
+}
+
+# Whether the process runs (a zombie, exited but not yet reaped by its parent, does not).
+alive() { [[ -r /proc/$1/stat ]] && [[ $(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null) != Z ]]; }
+
+# Until the process is gone, at most N tenths of a second; fails if it still runs. SIGKILL too is delivered
+# asynchronously: "stopped" is said only once the process is gone.
+wait_gone() {
+    for _ in $(seq 1 "$2"); do
+        alive "$1" || return 0
         sleep 0.1
     done
-    kill -0 "$pid" 2>/dev/null && kill -9 "$pid"
-    rm -f "$dir/weed.pid"
-    echo "stopped (pid $pid)"
+    ! alive "$1"
 }
 
 status() {
