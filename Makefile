@@ -22,8 +22,13 @@ install: $(STAMP)
 demo: $(STAMP)  ## the whole pipeline on embedded defaults (local Ray, local folder, sqlite MLflow, CPU)
 	$(BIN)/geosurge run
 
+# Two test processes (pytest-xdist), the slow tests handed out first (tests/conftest.py): one process alone kept 2 cores
+# about half busy (waits on servers, subprocesses, Ray's start-up), two keep them busy. Each starts its own services.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal
+
 test: $(STAMP) postgres-server  ## every test, the Ray-job end-to-end test included
-	$(BIN)/pytest -q --durations=12
+	$(PYTEST) --durations=12
 
 # tests/infra runs the MLflow server as deployed on a real PostgreSQL: its server binaries (initdb, pg_ctl) come from
 # Debian's package, installed here when missing and we are root (as CI is); without root, install PostgreSQL yourself
@@ -39,7 +44,7 @@ postgres-server:
 	  "tests/infra's PostgreSQL tests"; fi
 
 test-fast: $(STAMP)  ## skip the minutes-long end-to-end runs
-	$(BIN)/pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 bench-geocells: $(STAMP)  ## a 7-level hierarchy over 4.72 M coordinates: build time and peak memory
 	$(BIN)/python benchmarks/geocells.py

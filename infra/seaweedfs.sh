@@ -12,7 +12,9 @@
 #   S3_ACCESS_KEY, S3_SECRET_KEY the key pair; by default one is generated on the first start and kept in
 #                               DIR/identities.json (mode 600), so a restart keeps it
 #   WEED                        the weed binary (default: .venv/bin/weed, then weed on PATH)
-#   MASTER_PORT VOLUME_PORT FILER_PORT ADMIN_PORT   SeaweedFS's internal ports (default: free ones)
+#   WEED_MASTER_PORT WEED_VOLUME_PORT WEED_FILER_PORT WEED_ADMIN_PORT
+#                               SeaweedFS's internal ports (default: free ones); prefixed, as torch.distributed's
+#                               launchers export a MASTER_PORT of their own
 # Only the process this script started (DIR/weed.pid) is ever stopped.
 set -euo pipefail
 
@@ -104,8 +106,8 @@ EOF
         )
     fi
 
-    local master_port=${MASTER_PORT:-$(free_port)} volume_port=${VOLUME_PORT:-$(free_port)}
-    local filer_port=${FILER_PORT:-$(free_port)} admin_port=${ADMIN_PORT:-$(free_port)}
+    local master_port=${WEED_MASTER_PORT:-$(free_port)} volume_port=${WEED_VOLUME_PORT:-$(free_port)}
+    local filer_port=${WEED_FILER_PORT:-$(free_port)} admin_port=${WEED_ADMIN_PORT:-$(free_port)}
     # setsid: the server outlives this script and the terminal that started it
     setsid "$weed" "-logdir=$dir/log" mini "-dir=$dir/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
         "-s3.port=$s3_port" "-s3.config=$dir/identities.json" -webdav=false \

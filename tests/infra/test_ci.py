@@ -6,6 +6,8 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 from tests.infra.infra_helpers import REPO
 
 SKIPPING_TESTS = '''
@@ -20,24 +22,29 @@ def test_runs():
 SKIPPING_MODULE = 'import pytest\n\npytest.importorskip("a_module_that_is_not_installed")\n\ndef test_x():\n    pass\n'
 
 
-def _run_with_the_projects_conftest(tmp_path, files: dict[str, str], ci: str | None) -> tuple[int, str]:
+def _run_with_the_projects_conftest(tmp_path, files: dict[str, str], ci: str | None,
+                                    *args: str) -> tuple[int, str]:
     shutil.copy(REPO / "tests" / "conftest.py", tmp_path / "conftest.py")
     for name, text in files.items():
         (tmp_path / name).write_text(text)
     env = {k: v for k, v in os.environ.items() if k != "CI"} | ({"CI": ci} if ci is not None else {})
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfs", str(tmp_path)],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False)
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfs", *args, str(tmp_path)]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+                            check=False)
     return result.returncode, result.stdout + result.stderr
 
 
-def test_a_skip_fails_under_ci_and_names_what_was_missing(tmp_path):
-    returncode, out = _run_with_the_projects_conftest(tmp_path, {"test_skips.py": SKIPPING_TESTS}, ci="true")
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one-process", "xdist"])  # make test runs `-n 2`
+def test_a_skip_fails_under_ci_and_names_what_was_missing(tmp_path, workers):
+    returncode, out = _run_with_the_projects_conftest(tmp_path, {"test_skips.py": SKIPPING_TESTS}, "true", *workers)
     assert returncode == 1 and re.search(r"\b1 failed, 1 passed\b", out), out[-3000:]
     assert "skipped in CI" in out and "the thing is not installed" in out
 
 
-def test_a_module_level_importorskip_fails_the_run_under_ci(tmp_path):
-    returncode, out = _run_with_the_projects_conftest(tmp_path, {"test_module_skip.py": SKIPPING_MODULE}, ci="true")
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one-process", "xdist"])
+def test_a_module_level_importorskip_fails_the_run_under_ci(tmp_path, workers):
+    returncode, out = _run_with_the_projects_conftest(tmp_path, {"test_module_skip.py": SKIPPING_MODULE}, "true",
+                                                      *workers)
     assert returncode != 0 and re.search(r"\b1 error\b", out), out[-3000:]
     assert "skipped in CI" in out and "a_module_that_is_not_installed" in out
 

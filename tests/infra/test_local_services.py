@@ -93,8 +93,10 @@ def test_seaweedfs_script_serves_s3_with_the_settings_it_prints(seaweedfs, monke
 
 
 def test_seaweedfs_script_keeps_its_key_across_a_restart_and_stops_only_its_own_server(tmp_path):
-    env = {"S3_PORT": str(_free_port_pair())}
-    first = _script("start", str(tmp_path), env=env)
+    with socket.socket() as taken:  # torch.distributed's MASTER_PORT, on a port in use: not the script's to take
+        taken.bind(("127.0.0.1", 0))
+        env = {"S3_PORT": str(_free_port_pair()), "MASTER_PORT": str(taken.getsockname()[1])}
+        first = _script("start", str(tmp_path), env=env)
     assert first.returncode == 0, first.stdout + first.stderr
     pid = int((tmp_path / "weed.pid").read_text())
     assert _script("stop", str(tmp_path)).returncode == 0 and not _pid_alive(pid)

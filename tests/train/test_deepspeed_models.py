@@ -18,18 +18,23 @@ from geosurge.models import HierarchySpec, create_model, list_models
 from geosurge.train.checkpoints import checkpoint_problem, has_optimizer_files
 from geosurge.train.deepspeed_ops import build_deepspeed_ops, environment_cache_dir, use_extensions_cache
 from geosurge.train.trainer import consolidated_state_dict, deepspeed_config
+from tests.conftest import free_port
 from tests.models.model_helpers import TINY_VIT, random_batch, small_hierarchy
 
 
 @pytest.fixture(scope="module")
 def process_group():
+    """A one-rank gloo group on a free port; torch.distributed's variables leave the environment with it (left set,
+    a later test's tools read them: infra/seaweedfs.sh once took MASTER_PORT for its own)."""
     use_extensions_cache()
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29400 + os.getpid() % 500), RANK="0",
-                      WORLD_SIZE="1", LOCAL_RANK="0")
-    if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("gloo")
-    yield
-    torch.distributed.destroy_process_group()
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1",
+                                LOCAL_RANK="0").items():
+            env.setenv(name, value)
+        if not torch.distributed.is_initialized():
+            torch.distributed.init_process_group("gloo")
+        yield
+        torch.distributed.destroy_process_group()
 
 
 def test_the_ops_a_cpu_run_loads_are_built_ahead_into_the_shared_cache():

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,17 +15,13 @@ from pathlib import Path
 
 import psutil
 
+from tests.conftest import free_port
+
 BIN = Path(sys.executable).parent
 # Every port a node opens, explicit and free: Ray's fixed defaults (10001, 52365, …) would clash with any other Ray
 HEAD_PORT_FLAGS = ("--port", "--ray-client-server-port")
 NODE_PORT_FLAGS = ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--runtime-env-agent-port",
                    "--metrics-export-port", "--node-manager-port", "--object-manager-port")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ray_env() -> dict[str, str]:
