@@ -91,43 +91,87 @@ def bare_loop(config, hierarchy, shards_uri: str, steps: int, threads: int) -> t
     return samples / seconds, samples / cpu_seconds
 
 
-def ray_tree_cpu_seconds() -> dict[int, float]:
-    """CPU seconds so far of every process of this benchmark's own Ray (all descend from this process)."""
+def ray_tree_cpu_seconds() -> dict[int, tuple[str, float]]:
+    """CPU seconds so far of every process of this benchmark's own Ray (all descend from this process), with the
+    process's title: Ray names its workers by what they run (`ray::RayTrainWorker...`), its daemons by binary."""
     out = {}
     for proc in psutil.Process().children(recursive=True):
         try:
             t = proc.cpu_times()
-            out[proc.pid] = t.user + t.system
+            out[proc.pid] = (process_title(proc), t.user + t.system)
         except psutil.Error:
             pass
     return out
 
 
-class RayCpuMeter(threading.Thread):
-    """CPU seconds of the Ray run's processes from the moment the first epoch's metrics reach MLflow (warm-up
-    over) to the end. Sampled every 0.2 s and kept per process, since workers exit when the fit ends."""
+def process_title(proc: psutil.Process) -> str:
+    cmdline = proc.cmdline()
+    title = cmdline[0] if cmdline else proc.name()
+    if title.startswith("ray::"):  # ray::RayTrainWorker.run, ray::IDLE, ray::SplitCoordinator.start_epoch ...
+        return title.split()[0].split(".")[0].split("(")[0]
+    name = os.path.basename(title.split()[0])
+    if name.startswith("python"):  # Ray's Python daemons: name them by their script (log_monitor.py, ...)
+        script = next((a for a in cmdline[1:] if not a.startswith("-")), "")
+        return f"python {os.path.basename(script)}".strip()
+    return name
 
-    def __init__(self, tracking_uri: str, run_id: str):
+
+class RayCpuMeter(threading.Thread):
+    """CPU seconds of the Ray run's processes, sampled every 0.5 s and kept per process (workers exit when the
+    fit ends): from the moment the first epoch's metrics reach MLflow (warm-up over) to the end of the fit, and,
+    for the breakdown, from that moment to the moment the last epoch's metrics arrive (the measured epochs only,
+    no teardown), by process title, beside this driver process and the whole machine's busy time."""
+
+    def __init__(self, tracking_uri: str, run_id: str, epochs: int):
         super().__init__(daemon=True)
-        self.client, self.run_id = MlflowClient(tracking_uri), run_id
-        self.start_cpu: dict[int, float] | None = None
-        self.last_cpu: dict[int, float] = {}
+        self.client, self.run_id, self.epochs = MlflowClient(tracking_uri), run_id, epochs
+        self.first: tuple[float, dict, float, float] | None = None  # wall, tree, driver CPU, machine busy
+        self.last: tuple[float, dict, float, float] | None = None
+        self.latest_cpu: dict[int, tuple[str, float]] = {}
         self.stop = threading.Event()
+
+    @staticmethod
+    def _snapshot() -> tuple[float, dict, float, float]:
+        machine = psutil.cpu_times()
+        driver = psutil.Process().cpu_times()
+        return (time.time(), ray_tree_cpu_seconds(), driver.user + driver.system,
+                sum(machine) - machine.idle - getattr(machine, "iowait", 0.0))
 
     def run(self) -> None:
         while not self.stop.is_set():
-            now = ray_tree_cpu_seconds()
-            if self.start_cpu is None and self.client.get_metric_history(self.run_id, "samples_per_s"):
-                self.start_cpu = now
-            self.last_cpu.update(now)
-            time.sleep(0.2)
+            snapshot = self._snapshot()
+            if self.first is None or self.last is None:
+                epochs_logged = len(self.client.get_metric_history(self.run_id, "samples_per_s"))
+                if self.first is None and epochs_logged:
+                    self.first = snapshot
+                if self.last is None and epochs_logged >= self.epochs:
+                    self.last = snapshot
+            self.latest_cpu.update(snapshot[1])
+            time.sleep(0.5)  # this thread's own CPU (psutil over the tree, MLflow queries) is in the breakdown
 
     def cpu_seconds(self) -> float:
         self.stop.set()
         self.join()
-        if self.start_cpu is None:
+        if self.first is None:
             return float("nan")
-        return sum(v - self.start_cpu.get(pid, 0.0) for pid, v in self.last_cpu.items())
+        start = self.first[1]
+        return sum(cpu - start.get(pid, ("", 0.0))[1] for pid, (_, cpu) in self.latest_cpu.items())
+
+    def breakdown(self) -> tuple[float, dict[str, float]]:
+        """(seconds, {title: cores}) over the measured epochs: each title's CPU seconds / wall seconds, plus this
+        driver (which polls MLflow for this meter), everything else on the machine and the idle cores."""
+        if self.first is None or self.last is None:
+            return float("nan"), {}
+        (t0, tree0, driver0, busy0), (t1, tree1, driver1, busy1) = self.first, self.last
+        seconds = max(t1 - t0, 1e-9)
+        cores: dict[str, float] = {}
+        for pid, (title, cpu) in tree1.items():
+            cores[title] = cores.get(title, 0.0) + (cpu - tree0.get(pid, ("", 0.0))[1]) / seconds
+        cores["benchmark driver (MLflow polling)"] = (driver1 - driver0) / seconds
+        busy = (busy1 - busy0) / seconds
+        cores["other processes on the machine"] = max(0.0, busy - sum(cores.values()))
+        cores["idle"] = max(0.0, (os.cpu_count() or 1) - busy)
+        return seconds, cores
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -209,6 +253,11 @@ def main(argv: list[str] | None = None) -> int:
               f"(target >= {TARGET_PER_CORE_RATIO}: {'met' if ratio >= TARGET_PER_CORE_RATIO else 'NOT met'}); "
               f"per-CPU-second ratio (load-independent): {fit.per_worker_cpu / bare_cpu:.2f} training workers only, "
               f"{fit.per_tree_cpu / bare_cpu:.2f} whole Ray run")
+        print(f"    where the {os.cpu_count()} cores went over the measured epochs ({fit.window_seconds:.1f} s, of "
+              f"which {fit.loop_seconds:.1f} s training loops, the rest checkpoints and reports), in cores:")
+        for title, used in sorted(fit.cores.items(), key=lambda kv: -kv[1]):
+            if used >= 0.005:
+                print(f"      {used:5.2f}  {title}")
     for threads, (value, per_cpu) in bare.items():
         print(f"bare PyTorch loop, 1 process: {value:7.1f} samples/s on {threads} core(s) = {value / threads:6.1f} "
               f"per core; {per_cpu:6.1f} samples per CPU-second ({threads} torch thread(s), {measured_steps} steps, "
@@ -222,6 +271,9 @@ class RayFit:
     per_worker_cpu: float  # samples per CPU-second of the training workers
     per_tree_cpu: float  # samples per CPU-second of every process of this Ray
     fit_seconds: float
+    window_seconds: float  # from the first epoch's metrics to the last's: the measured epochs, checkpoints included
+    loop_seconds: float  # the training loops within that window (the trainer's epoch_seconds)
+    cores: dict[str, float]  # cores used over the window, by process title (RayCpuMeter.breakdown)
 
     @property
     def samples_per_s(self) -> float:
@@ -232,7 +284,7 @@ def ray_fit(config, shards_uri: str, hierarchy, hierarchy_uri: str, measured_ste
     """One fresh fit through the pipeline's trainer, with its own MLflow run; its figures after the first epoch."""
     shutil.rmtree(Path(config.output_dir) / "ray_results", ignore_errors=True)  # never a resume of the last fit
     run = start_mlflow_run(config)
-    meter = RayCpuMeter(config.resolved_tracking_uri, run.info.run_id)
+    meter = RayCpuMeter(config.resolved_tracking_uri, run.info.run_id, config.train.epochs)
     meter.start()
     started = time.time()
     train(config, shards_uri, hierarchy, hierarchy_uri, run.info.run_id)
@@ -246,9 +298,11 @@ def ray_fit(config, shards_uri: str, hierarchy, hierarchy_uri: str, measured_ste
                 if m.step >= 1]
 
     measured_samples = measured_steps * args.batch_size * args.workers
+    window_seconds, cores = meter.breakdown()
     return RayFit(epochs=after_warm_up("samples_per_s"),
                   per_worker_cpu=measured_samples / sum(after_warm_up("train_cpu_seconds")),
-                  per_tree_cpu=measured_samples / tree_cpu, fit_seconds=fit_seconds)
+                  per_tree_cpu=measured_samples / tree_cpu, fit_seconds=fit_seconds, window_seconds=window_seconds,
+                  loop_seconds=sum(after_warm_up("epoch_seconds")), cores=cores)
 
 
 def split_rows_or_zero(shards_uri: str, config) -> int:
