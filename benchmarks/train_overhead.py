@@ -25,7 +25,8 @@ the same cores. The bare loop runs twice, with 1 torch thread and with `--worker
 (Ray samples/s per core) / (bare samples/s per core, the better of its two), against a 0.85 target. The
 machine may be shared, so samples per CPU-second are printed too: the Ray workers' own CPU time (the trainer's
 `train_cpu_seconds`), the CPU time of every process of the Ray run over the measured epochs, and the bare
-process's CPU time.
+process's CPU time. Each fit also prints where the cores went over its measured epochs: the training workers, each
+of Ray's processes by title, this driver, the rest of the machine, and the cores left idle.
 Shards are generated into --out once and reused by later runs (delete --out after changing --images).
 """
 
@@ -159,7 +160,7 @@ class RayCpuMeter(threading.Thread):
 
     def breakdown(self) -> tuple[float, dict[str, float]]:
         """(seconds, {title: cores}) over the measured epochs: each title's CPU seconds / wall seconds, plus this
-        driver (which polls MLflow for this meter), everything else on the machine and the idle cores."""
+        driver (it calls the fit and runs this meter), everything else on the machine and the idle cores."""
         if self.first is None or self.last is None:
             return float("nan"), {}
         (t0, tree0, driver0, busy0), (t1, tree1, driver1, busy1) = self.first, self.last
@@ -167,7 +168,7 @@ class RayCpuMeter(threading.Thread):
         cores: dict[str, float] = {}
         for pid, (title, cpu) in tree1.items():
             cores[title] = cores.get(title, 0.0) + (cpu - tree0.get(pid, ("", 0.0))[1]) / seconds
-        cores["benchmark driver (MLflow polling)"] = (driver1 - driver0) / seconds
+        cores["this driver process (the fit's caller, this meter)"] = (driver1 - driver0) / seconds
         busy = (busy1 - busy0) / seconds
         cores["other processes on the machine"] = max(0.0, busy - sum(cores.values()))
         cores["idle"] = max(0.0, (os.cpu_count() or 1) - busy)
