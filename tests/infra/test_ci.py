@@ -21,6 +21,9 @@ def test_runs():
 '''
 SKIPPING_MODULE = 'import pytest\n\npytest.importorskip("a_module_that_is_not_installed")\n\ndef test_x():\n    pass\n'
 
+# make test runs `-n 2`: the conftest's CI checks must hold in a worker process too
+IN_ONE_PROCESS_AND_UNDER_XDIST = pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one-process", "xdist"])
+
 
 def _run_with_the_projects_conftest(tmp_path, files: dict[str, str], ci: str | None,
                                     *args: str) -> tuple[int, str]:
@@ -34,14 +37,14 @@ def _run_with_the_projects_conftest(tmp_path, files: dict[str, str], ci: str | N
     return result.returncode, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one-process", "xdist"])  # make test runs `-n 2`
+@IN_ONE_PROCESS_AND_UNDER_XDIST
 def test_a_skip_fails_under_ci_and_names_what_was_missing(tmp_path, workers):
     returncode, out = _run_with_the_projects_conftest(tmp_path, {"test_skips.py": SKIPPING_TESTS}, "true", *workers)
     assert returncode == 1 and re.search(r"\b1 failed, 1 passed\b", out), out[-3000:]
     assert "skipped in CI" in out and "the thing is not installed" in out
 
 
-@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one-process", "xdist"])
+@IN_ONE_PROCESS_AND_UNDER_XDIST
 def test_a_module_level_importorskip_fails_the_run_under_ci(tmp_path, workers):
     returncode, out = _run_with_the_projects_conftest(tmp_path, {"test_module_skip.py": SKIPPING_MODULE}, "true",
                                                       *workers)
