@@ -112,7 +112,8 @@ class IngestConfig:
     large_decode_pixels: int = 12_000_000  # decodes above this run one at a time per process (memory)
     # manifest rows per chunk: the unit of work, of resume and of output files (one shard file per chunk)
     shard_rows: int = 1000
-    # fetching image bytes (local, s3://, http(s)://): I/O bound, so threads inside each fetch task
+    # fetching image bytes (local, s3://, http(s)://): I/O bound, so threads inside each fetch task (the task's own
+    # thread decodes what they fetched: one CPU per task)
     fetch_concurrency: int = 16
     # retries after the first attempt on throttling (S3 SlowDown/503, HTTP 429), 5xx, connection errors and
     # timeouts, with exponential backoff and full jitter: sleep U(0, min(max, backoff * 2**attempt)) seconds

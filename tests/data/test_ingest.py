@@ -8,6 +8,7 @@ import posixpath
 import struct
 import subprocess
 import sys
+import threading
 import zlib
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from PIL import Image
 from geosurge import storage
 from geosurge.config import GeoWorldConfig, IngestConfig
 from geosurge.data.geoworld import generate_geoworld
-from geosurge.data.images import encode_jpeg
+from geosurge.data.images import ImageSpec, decode_image, encode_jpeg
 from geosurge.data.ingest import ingest, read_quarantine, source_tag
 from geosurge.geo.geocells import GeocellHierarchy
 
@@ -442,3 +443,49 @@ def test_fetch_and_staging_workers_import_neither_torch_nor_scipy():
     from geosurge.data.ingest import NO_SEGMENTER, IngestResult  # the driver's names still import from the package
 
     assert NO_SEGMENTER == "none" and IngestResult.__name__ == "IngestResult"
+
+
+def test_fetch_threads_only_read_and_the_task_thread_decodes_within_a_bounded_window(tmp_path, monkeypatch):
+    from geosurge.data.ingest import fetch
+    from geosurge.data.manifest import validate_rows
+
+    manifest = generate_geoworld(GeoWorldConfig(num_images=40, image_size=32, seed=5), str(tmp_path / "gw"),
+                                 progress=False)
+    rows = validate_rows(pq.read_table(manifest))
+    threads, lock = 3, threading.Lock()
+    seen = {"read_threads": set(), "decode_threads": set(), "read": 0, "decoded": 0, "most_waiting": 0}
+
+    class CountingFetcher(storage.Fetcher):
+        def read(self, uri):
+            out = super().read(uri)
+            with lock:
+                seen["read_threads"].add(threading.get_ident())
+                seen["read"] += 1
+                seen["most_waiting"] = max(seen["most_waiting"], seen["read"] - seen["decoded"])
+            return out
+
+    def counting_decode(data, spec):
+        with lock:
+            seen["decode_threads"].add(threading.get_ident())
+            seen["decoded"] += 1
+        return decode_image(data, spec)
+
+    monkeypatch.setattr(fetch, "decode_image", counting_decode)
+    fetcher = CountingFetcher(None, storage.RetryPolicy(retries=0))
+    out = fetch._fetch_rows(rows, fetcher, ImageSpec(size=16), threads, label_grid=None)
+    assert out.num_rows == 40 and out.column("reason").null_count == 40 and out.column("image").null_count == 0
+    assert seen["decode_threads"] == {threading.get_ident()}  # decoding runs on the task's own thread only
+    assert threading.get_ident() not in seen["read_threads"]
+    # fetched bytes waiting for the decoder stay bounded: 2 × threads queued, plus the one being decoded
+    assert seen["most_waiting"] <= 2 * threads + 1, seen
+
+    class BuggyFetcher(storage.Fetcher):
+        def read(self, uri):
+            if uri == rows.column("uri")[7].as_py():
+                raise KeyError("a reader bug, not a bad image")
+            return super().read(uri)
+
+    # a bug fails the task (Ray retries it, then the ingest fails): never a row with no image and no reason
+    with pytest.raises(KeyError, match="a reader bug"):
+        fetch._fetch_rows(rows, BuggyFetcher(None, storage.RetryPolicy(retries=0)), ImageSpec(size=16), threads,
+                          label_grid=None)
