@@ -19,7 +19,8 @@ Every figure comes from one run on one machine, side by side, so the ratios comp
   (f) --s3-endpoint-url and --s3-root s3://bucket/prefix: the same against S3 (credentials from the AWS chain);
   (h) over HTTP, side by side with img2dataset: its own script, benchmarks/ingest_http.py.
 (b) decodes as the stage does (`decode_image`: JPEG draft mode, then the same resize and crop); per-core images/s
-are printed for (a) and (b).
+are printed for (a) and (b), and (a) prints where the cores went while it ran, by process: the fetch/write tasks'
+workers, Ray's own processes, this driver, the rest of the machine and the idle cores.
 The machine's load average is printed before and after: on a shared machine, read the ratios, not the rates.
 """
 
@@ -38,6 +39,9 @@ import time
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+# the sibling benchmark module (benchmarks/ is on sys.path when a script there runs)
+from process_cpu import CpuSnapshot, TaskTitles, cores_by_process, print_cores
 
 from geosurge import storage
 from geosurge.config import GeoWorldConfig, IngestConfig
@@ -244,11 +248,19 @@ def main(argv: list[str] | None = None) -> int:
         warm = many_rows_manifest(manifest, 50, storage.join(root, "warmup_manifest.parquet"), s3)
         timed_ingest(warm, storage.join(root, "out_warmup"), ingest_config(segmenter=off), s3)
     if "a" not in args.skip:
+        tasks, first = TaskTitles(), CpuSnapshot.take()
+        tasks.start()
         figures["a"], result = timed_ingest(rows_manifest, storage.join(root, "out_off"),
                                             ingest_config(segmenter=off), s3)
+        seconds, used = cores_by_process(first, CpuSnapshot.take(), tasks.stop(),
+                                          driver="this driver process (planning, Ray Data's executor, reconciling)")
         note = "" if off == NO_SEGMENTER else " — ground_truth also reads and pools each row's label map"
         print(f"(a) ingest, segmenter={off}: {figures['a']:.0f} images/s ({result.rows_in} rows in "
-              f"{result.rows_in / figures['a']:.1f} s){note}")
+              f"{result.rows_in / figures['a']:.1f} s){note}; where the {os.cpu_count()} cores went over its "
+              f"{seconds:.1f} s, in cores (Ray workers by the last task they ran):")
+        print_cores(used, indent="    ")
+        # the stage's own efficiency, apart from what Ray's processes and planning take from the cores
+        figures["a_workers"] = sum(v for k, v in used.items() if "fetch_decode_chunks" in k)
     if "d" not in args.skip:
         folder = args.segmenter
         if not folder:
@@ -296,6 +308,10 @@ def main(argv: list[str] | None = None) -> int:
         ok = figures["a"] / figures["b"] >= TARGET_DECODE_RATIO
         verdicts.append(ok)
         print(f"  (a) per core: {figures['a'] / cores:.0f} images/s; (b) per core: {figures['b'] / cores:.0f} images/s")
+        if figures.get("a_workers"):
+            per_worker_core = figures["a"] / figures["a_workers"]
+            print(f"  (a) per core its fetch tasks' workers used ({figures['a_workers']:.2f} cores): "
+                  f"{per_worker_core:.0f} images/s, {per_worker_core / (figures['b'] / cores):.2f} of (b) per core")
         print(f"  (a)/(b) ingest vs decode-bound: {figures['a'] / figures['b']:.2f} "
               f"(target >= {TARGET_DECODE_RATIO}): {'PASS' if ok else 'FAIL'}")
     if "a" in figures and "c" in figures:

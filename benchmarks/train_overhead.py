@@ -43,9 +43,11 @@ import time
 from pathlib import Path
 
 import mlflow
-import psutil
 import torch
 from mlflow.tracking import MlflowClient
+
+# the sibling benchmark module (benchmarks/ is on sys.path when a script there runs)
+from process_cpu import CpuSnapshot, cores_by_process, print_cores
 
 from geosurge import storage
 from geosurge.config import load_config
@@ -92,31 +94,6 @@ def bare_loop(config, hierarchy, shards_uri: str, steps: int, threads: int) -> t
     return samples / seconds, samples / cpu_seconds
 
 
-def ray_tree_cpu_seconds() -> dict[int, tuple[str, float]]:
-    """CPU seconds so far of every process of this benchmark's own Ray (all descend from this process), with the
-    process's title: Ray names its workers by what they run (`ray::RayTrainWorker...`), its daemons by binary."""
-    out = {}
-    for proc in psutil.Process().children(recursive=True):
-        try:
-            t = proc.cpu_times()
-            out[proc.pid] = (process_title(proc), t.user + t.system)
-        except psutil.Error:
-            pass
-    return out
-
-
-def process_title(proc: psutil.Process) -> str:
-    cmdline = proc.cmdline()
-    title = cmdline[0] if cmdline else proc.name()
-    if title.startswith("ray::"):  # ray::RayTrainWorker.run, ray::IDLE, ray::SplitCoordinator.start_epoch ...
-        return title.split()[0].split(".")[0].split("(")[0]
-    name = os.path.basename(title.split()[0])
-    if name.startswith("python"):  # Ray's Python daemons: name them by their script (log_monitor.py, ...)
-        script = next((a for a in cmdline[1:] if not a.startswith("-")), "")
-        return f"python {os.path.basename(script)}".strip()
-    return name
-
-
 class RayCpuMeter(threading.Thread):
     """CPU seconds of the Ray run's processes, sampled every 0.5 s and kept per process (workers exit when the
     fit ends): from the moment the first epoch's metrics reach MLflow (warm-up over) to the end of the fit, and,
@@ -126,28 +103,21 @@ class RayCpuMeter(threading.Thread):
     def __init__(self, tracking_uri: str, run_id: str, epochs: int):
         super().__init__(daemon=True)
         self.client, self.run_id, self.epochs = MlflowClient(tracking_uri), run_id, epochs
-        self.first: tuple[float, dict, float, float] | None = None  # wall, tree, driver CPU, machine busy
-        self.last: tuple[float, dict, float, float] | None = None
+        self.first: CpuSnapshot | None = None
+        self.last: CpuSnapshot | None = None
         self.latest_cpu: dict[int, tuple[str, float]] = {}
         self.stop = threading.Event()
 
-    @staticmethod
-    def _snapshot() -> tuple[float, dict, float, float]:
-        machine = psutil.cpu_times()
-        driver = psutil.Process().cpu_times()
-        return (time.time(), ray_tree_cpu_seconds(), driver.user + driver.system,
-                sum(machine) - machine.idle - getattr(machine, "iowait", 0.0))
-
     def run(self) -> None:
         while not self.stop.is_set():
-            snapshot = self._snapshot()
+            snapshot = CpuSnapshot.take()
             if self.first is None or self.last is None:
                 epochs_logged = len(self.client.get_metric_history(self.run_id, "samples_per_s"))
                 if self.first is None and epochs_logged:
                     self.first = snapshot
                 if self.last is None and epochs_logged >= self.epochs:
                     self.last = snapshot
-            self.latest_cpu.update(snapshot[1])
+            self.latest_cpu.update(snapshot.tree)
             time.sleep(0.5)  # this thread's own CPU (psutil over the tree, MLflow queries) is in the breakdown
 
     def cpu_seconds(self) -> float:
@@ -155,7 +125,7 @@ class RayCpuMeter(threading.Thread):
         self.join()
         if self.first is None:
             return float("nan")
-        start = self.first[1]
+        start = self.first.tree
         return sum(cpu - start.get(pid, ("", 0.0))[1] for pid, (_, cpu) in self.latest_cpu.items())
 
     def breakdown(self) -> tuple[float, dict[str, float]]:
@@ -163,16 +133,7 @@ class RayCpuMeter(threading.Thread):
         driver (it calls the fit and runs this meter), everything else on the machine and the idle cores."""
         if self.first is None or self.last is None:
             return float("nan"), {}
-        (t0, tree0, driver0, busy0), (t1, tree1, driver1, busy1) = self.first, self.last
-        seconds = max(t1 - t0, 1e-9)
-        cores: dict[str, float] = {}
-        for pid, (title, cpu) in tree1.items():
-            cores[title] = cores.get(title, 0.0) + (cpu - tree0.get(pid, ("", 0.0))[1]) / seconds
-        cores["this driver process (the fit's caller, this meter)"] = (driver1 - driver0) / seconds
-        busy = (busy1 - busy0) / seconds
-        cores["other processes on the machine"] = max(0.0, busy - sum(cores.values()))
-        cores["idle"] = max(0.0, (os.cpu_count() or 1) - busy)
-        return seconds, cores
+        return cores_by_process(self.first, self.last, driver="this driver process (the fit's caller, this meter)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -256,9 +217,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{fit.per_tree_cpu / bare_cpu:.2f} whole Ray run")
         print(f"    where the {os.cpu_count()} cores went over the measured epochs ({fit.window_seconds:.1f} s, of "
               f"which {fit.loop_seconds:.1f} s training loops, the rest checkpoints and reports), in cores:")
-        for title, used in sorted(fit.cores.items(), key=lambda kv: -kv[1]):
-            if used >= 0.005:
-                print(f"      {used:5.2f}  {title}")
+        print_cores(fit.cores)
     for threads, (value, per_cpu) in bare.items():
         print(f"bare PyTorch loop, 1 process: {value:7.1f} samples/s on {threads} core(s) = {value / threads:6.1f} "
               f"per core; {per_cpu:6.1f} samples per CPU-second ({threads} torch thread(s), {measured_steps} steps, "

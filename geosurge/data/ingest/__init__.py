@@ -15,10 +15,11 @@ is killed resumes where it stopped.
    in `IngestLayout.duplicates` (`_staging/<manifest>/duplicates.parquet`). Ids already in the output's shards
    (written by another manifest) count as kept before every row: a repeat of one is a `duplicate_id` too.
 3. **Ingest** (Ray Data, streaming): one input row per pending chunk → a fetch task validates the chunk
-   (manifest.validate_rows, with the global duplicate list), fetches and decodes its images on a thread pool of
-   `fetch_concurrency` (retries with backoff, counted) → the segmentation actor pool labels the rows that
-   decoded → a writer task writes the chunk's shard rows and quarantine rows, each as one Parquet file named
-   after the chunk (atomically), and sends a one-line summary back to the driver for progress.
+   (manifest.validate_rows, with the global duplicate list), fetches its images on a thread pool of
+   `fetch_concurrency` (retries with backoff, counted) and decodes them on its own thread → the segmentation
+   actor pool labels the rows that decoded → a writer task writes the chunk's shard rows and quarantine rows,
+   each as one Parquet file named after the chunk (atomically), and sends a one-line summary back to the driver
+   for progress.
 4. **Reconcile** from what was written (Parquet footers and the quarantine `reason` column): rows in = shard
    rows + quarantined, by reason; raise if not.
 
