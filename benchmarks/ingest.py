@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         figures["a"], result = timed_ingest(rows_manifest, storage.join(root, "out_off"),
                                             ingest_config(segmenter=off), s3)
         seconds, used = cores_by_process(first, CpuSnapshot.take(), tasks.stop(),
-                                          driver="this driver process (planning, Ray Data's executor, reconciling)")
+                                          driver="this driver process (planning, Ray Data's executor, reconciling, this meter)")
         note = "" if off == NO_SEGMENTER else " — ground_truth also reads and pools each row's label map"
         print(f"(a) ingest, segmenter={off}: {figures['a']:.0f} images/s ({result.rows_in} rows in "
               f"{result.rows_in / figures['a']:.1f} s){note}; where the {os.cpu_count()} cores went over its "
