@@ -22,6 +22,10 @@ from pathlib import Path
 
 from geosurge.storage import join
 
+# Each machine's own caches (copies it makes once and every later process reuses, never shared through the data
+# root): $GEOSURGE_CACHE, else ~/.cache/geosurge (the segmenter checkpoints a bucket holds, the packed land mask)
+CACHE_ENV = "GEOSURGE_CACHE"
+
 MANIFEST_FILE = "manifest.parquet"
 GEOCELLS_FILE = "geocells.parquet"
 

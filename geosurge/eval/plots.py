@@ -1,13 +1,11 @@
 """Figures for runs and reports, written as PNG files with matplotlib (Agg: no display needed).
 
-The world map's land comes from `global-land-mask` (GLOBE 1 km land/sea grid, shipped inside the package), so
-drawing a map downloads nothing.
+The world map's land comes from `global-land-mask` (GLOBE 1 km land/sea grid, shipped inside the package), through
+the packed copy every process maps (`geosurge.geo.land_mask`), so drawing a map downloads nothing.
 """
 
 from __future__ import annotations
 
-import functools
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,33 +16,10 @@ matplotlib.use("Agg")  # files only; never pick an interactive backend on a head
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import ListedColormap
-from numpy.lib import format as npy_format
+
+from geosurge.geo import land_mask
 
 LAND_MASK_STEP = 30  # keep every 30th row/column of the 1/120° grid: a 0.25° map, 720 × 1440
-
-
-@functools.cache
-def land_grid(step: int = LAND_MASK_STEP) -> np.ndarray:
-    """bool [rows, cols], True on land, north-up from 90°N and west-first from 180°W, every `step`-th cell of
-    global-land-mask's 21,600 × 43,200 grid. Rows are streamed out of the compressed file, so the 0.9 GB full
-    grid is never held in memory (importing `global_land_mask` would load all of it)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("global_land_mask")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the global-land-mask package is not installed")
-    npz = Path(next(iter(spec.submodule_search_locations)), "globe_combined_mask_compressed.npz")
-    with zipfile.ZipFile(npz) as archive, archive.open("mask.npy") as f:
-        version = npy_format.read_magic(f)
-        read_header = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
-        (n_rows, n_cols), fortran_order, dtype = read_header(f)
-        if fortran_order or dtype != np.bool_:
-            raise RuntimeError(f"unexpected land mask layout in {npz}: {dtype}, fortran_order={fortran_order}")
-        rows = []
-        for _ in range(0, n_rows, step):
-            block = f.read(n_cols * min(step, n_rows - len(rows) * step))
-            rows.append(np.frombuffer(block[:n_cols], dtype=np.bool_)[::step])
-    return ~np.stack(rows)  # the file marks ocean as True
 
 
 def world_map(
@@ -98,8 +73,8 @@ def world_map(
 
 
 def _draw_land(ax, land: str = "#cfcabb", sea: str = "#dce9f5") -> None:
-    ax.imshow(land_grid(), extent=(-180, 180, -90, 90), origin="upper", interpolation="nearest",
-              cmap=ListedColormap([sea, land]), vmin=0, vmax=1, zorder=0)
+    ax.imshow(land_mask.land_grid(LAND_MASK_STEP), extent=(-180, 180, -90, 90), origin="upper",
+              interpolation="nearest", cmap=ListedColormap([sea, land]), vmin=0, vmax=1, zorder=0)
 
 
 def _world_axes(ax) -> None:

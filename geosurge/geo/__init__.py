@@ -1,1 +1,1 @@
-"""Geography: great-circle distances, geo-localization metrics and the H3 geocell hierarchy."""
+"""Geography: great-circle distances, geo-localization metrics, the H3 geocell hierarchy and the ~1 km land mask."""

@@ -20,10 +20,9 @@ import pyarrow.fs as pafs
 
 from geosurge import storage
 from geosurge.config import S3Config
+from geosurge.layout import CACHE_ENV
 
 log = logging.getLogger(__name__)
-
-CACHE_ENV = "GEOSURGE_CACHE"
 
 
 def cache_root() -> Path:

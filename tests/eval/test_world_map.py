@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from geosurge.eval.plots import land_grid, world_map
+from geosurge.eval.plots import LAND_MASK_STEP, world_map
+from geosurge.geo.land_mask import land_grid
 
 
 def test_land_grid_is_the_package_mask_north_up():
-    grid = land_grid()
+    grid = land_grid(LAND_MASK_STEP)
     assert grid.shape == (720, 1440)  # 0.25°
     def at(lat, lon):
         return grid[int((90 - lat) * 4), int((lon + 180) * 4)]

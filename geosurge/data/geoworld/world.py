@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 
 from geosurge.config import GeoWorldConfig
-from geosurge.data.geoworld.land_mask import is_land
 from geosurge.data.gps_gallery import GEOCLIP_GALLERY, load_gps_gallery
 from geosurge.geo.distance import EARTH_RADIUS_KM, haversine_km, latlon_to_unit_xyz
+from geosurge.geo.land_mask import is_land
 from geosurge.segmentation.ade20k import ADE20K_ID
 
 BIG_CITY_MIN_POPULATION = 300_000  # ~2,000 cities worldwide: the "city" level of the hierarchy

@@ -53,10 +53,11 @@ def check_latlon_swap(named_lat: np.ndarray, named_lon: np.ndarray) -> SwapCheck
     def land() -> tuple[float, float, str] | None:
         if both.sum() < _SWAP_LAND_MIN_ROWS:
             return None
-        from global_land_mask import globe  # imported lazily: loads a ~1 km global grid
+        # the ~1 km mask, memory-mapped (the package's own import would decompress 0.9 GB into this process)
+        from geosurge.geo.land_mask import is_land
 
-        named = float(globe.is_land(a[both], b[both]).mean())
-        swapped = float(globe.is_land(b[both], a[both]).mean())
+        named = float(is_land(a[both], b[both]).mean())
+        swapped = float(is_land(b[both], a[both]).mean())
         txt = f"; land share as named {named:.0%}, swapped {swapped:.0%} over {int(both.sum())} rows"
         return named, swapped, txt
 

@@ -2,8 +2,9 @@
 that every later process memory-maps.
 
 The package decompresses its whole 21,600 × 43,200 boolean mask on import: 3.5 s and 0.9 GB of memory in every
-process that generates GeoWorld (each pipeline run, each Ray job). The packed copy is 117 MB on disk, maps in
-milliseconds and is paged in only where points fall. Answers are the package's own: the same grid and index rule.
+process that would use it (GeoWorld's generator, a manifest's swapped-columns check, each eval job's world maps).
+The packed copy is 117 MB on disk, maps in milliseconds and is paged in only where points fall (or, for a map's
+coarse grid, only the rows it keeps). Answers are the package's own: the same grid and index rule.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from geosurge.segmentation.cache import CACHE_ENV
+from geosurge.layout import CACHE_ENV
 
 
 def land_mask_folder() -> Path:
@@ -61,6 +62,16 @@ def _write_atomically(path: Path, array: np.ndarray) -> None:
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+@functools.cache
+def land_grid(step: int) -> np.ndarray:
+    """bool [rows, cols], True on land, north-up from 90°N and west-first from 180°W: every `step`-th row and
+    column of the 21,600 × 43,200 grid (step 30: a 0.25° map of 720 × 1440), for drawing maps."""
+    bits, _ = _packed()
+    n_cols = bits.shape[1] * 8
+    ocean = np.unpackbits(np.asarray(bits[::step]), axis=1, count=n_cols)[:, ::step]  # reads only the kept rows
+    return ocean == 0
 
 
 def is_land(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from geosurge.data.geoworld import land_mask
+from geosurge.geo import land_mask
 
 
 def test_packed_mask_agrees_with_the_package_everywhere_it_is_asked(tmp_path, monkeypatch):
@@ -27,6 +27,15 @@ def test_packed_mask_agrees_with_the_package_everywhere_it_is_asked(tmp_path, mo
         np.testing.assert_array_equal(land_mask.is_land(lat, lon), ours)
     finally:
         land_mask._packed.cache_clear()
+
+
+def test_map_grid_is_every_step_th_cell_of_the_package_mask():
+    from global_land_mask import globe
+
+    grid = land_mask.land_grid(30)
+    assert grid.shape == (720, 1440) and grid.dtype == np.bool_
+    np.testing.assert_array_equal(grid, ~globe._mask[::30, ::30])  # the package stores ocean as True
+    np.testing.assert_array_equal(land_mask.land_grid(7), ~globe._mask[::7, ::7])  # a step that cuts no byte evenly
 
 
 def test_out_of_range_coordinates_are_a_clear_error():
