@@ -71,7 +71,9 @@ def land_grid(step: int) -> np.ndarray:
     bits, _ = _packed()
     n_cols = bits.shape[1] * 8
     ocean = np.unpackbits(np.asarray(bits[::step]), axis=1, count=n_cols)[:, ::step]  # reads only the kept rows
-    return ocean == 0
+    land = ocean == 0
+    land.flags.writeable = False  # one cached array for every caller: none may change it
+    return land
 
 
 def is_land(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:

@@ -35,6 +35,7 @@ def test_map_grid_is_every_step_th_cell_of_the_package_mask():
     grid = land_mask.land_grid(30)
     assert grid.shape == (720, 1440) and grid.dtype == np.bool_
     np.testing.assert_array_equal(grid, ~globe._mask[::30, ::30])  # the package stores ocean as True
+    assert not grid.flags.writeable  # cached: a caller that drew on it would change every later map
     np.testing.assert_array_equal(land_mask.land_grid(7), ~globe._mask[::7, ::7])  # a step that cuts no byte evenly
 
 
