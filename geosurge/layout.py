@@ -22,8 +22,9 @@ from pathlib import Path
 
 from geosurge.storage import join
 
-# Each machine's own caches (copies it makes once and every later process reuses, never shared through the data
-# root): $GEOSURGE_CACHE, else ~/.cache/geosurge (the segmenter checkpoints a bucket holds, the packed land mask)
+# Where each machine keeps its own caches (copies made once that every later process reuses, never shared through
+# the data root): segmenter checkpoints from a bucket (segmentation.cache) and the packed land mask (geo.land_mask);
+# each module says where under it, and where without it (under ~/.cache/geosurge)
 CACHE_ENV = "GEOSURGE_CACHE"
 
 MANIFEST_FILE = "manifest.parquet"
