@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,20 +82,36 @@ class RayNode:
         self.kill()
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
+    def log_tails(self, lines: int = 15) -> str:
+        """The last lines of this node's GCS (a head's) and raylet logs: why a start failed."""
+        logs = Path(self.temp_dir, "session_latest", "logs")
+        tails = []
+        for name in ("gcs_server.out", "gcs_server.err", "raylet.out", "raylet.err"):
+            text = (logs / name).read_text(errors="replace") if (logs / name).is_file() else ""
+            if text.strip():
+                tails.append(f"--- {name} ---\n" + "\n".join(text.splitlines()[-lines:]))
+        return "\n".join(["", *tails])
 
-def _start(args: list[str], node: RayNode, attempts: int = 2) -> RayNode:
-    """`ray start`; tried again once, after a clean-up, when it fails: on a loaded machine a raylet can miss Ray's
-    startup deadline."""
+
+def _start(args: list[str], node: RayNode, attempts: int = 3) -> RayNode:
+    """`ray start`, tried again after a clean-up and a pause when it fails: on a loaded machine a raylet can miss
+    Ray's fixed 30 s deadline to register with the GCS (seen in CI while another test ran three Ray jobs)."""
     for attempt in range(attempts):
-        started = subprocess.run(
-            [str(BIN / "ray"), "start", "--node-ip-address=127.0.0.1", f"--temp-dir={node.temp_dir}",
-             "--disable-usage-stats", *(f"{flag}={port}" for flag, port in node.ports.items()), *args],
-            check=False, env=node.env, capture_output=True, text=True, timeout=180)
-        if started.returncode == 0:
-            return node
+        command = [str(BIN / "ray"), "start", "--node-ip-address=127.0.0.1", f"--temp-dir={node.temp_dir}",
+                   "--disable-usage-stats", *(f"{flag}={port}" for flag, port in node.ports.items()), *args]
+        try:  # a start takes 3-7 s here, 34 s when it failed in CI; one that cannot reach its GCS hangs
+            started = subprocess.run(command, check=False, env=node.env, capture_output=True, text=True, timeout=90)
+            if started.returncode == 0:
+                return node
+            failure = f"{started.stdout}{started.stderr}"
+        except subprocess.TimeoutExpired as hung:
+            output = b"".join(o if isinstance(o, bytes) else o.encode() for o in (hung.stdout, hung.stderr) if o)
+            failure = f"no answer in {hung.timeout:.0f} s\n{output.decode(errors='replace')}"
+        failure += node.log_tails()
         node.kill()
+        time.sleep(5 * (attempt + 1))  # let the load spike that slowed this start pass
     node.remove()
-    raise RuntimeError(f"ray start failed {attempts} times; the last:\n{started.stdout}{started.stderr}")
+    raise RuntimeError(f"ray start failed {attempts} times; the last:\n{failure}")
 
 
 def start_head(num_cpus: int) -> RayNode:
@@ -148,13 +165,21 @@ class RayCluster:
             node.remove()
 
 
-def start_cluster(nodes: int, cpus_per_node: int) -> RayCluster:
-    head = start_head(num_cpus=0)
-    cluster = RayCluster(head, [])
-    try:
-        for _ in range(nodes):
-            cluster.nodes.append(start_worker_node(head, cpus_per_node))
-    except BaseException:
-        cluster.remove()
-        raise
-    return cluster
+def start_cluster(nodes: int, cpus_per_node: int, attempts: int = 2) -> RayCluster:
+    """A head and `nodes` worker nodes; started afresh, head included, when a worker node cannot join: a head whose
+    GCS stopped answering would fail every retry of the worker."""
+    for attempt in range(1, attempts + 1):
+        cluster = RayCluster(start_head(num_cpus=0), [])
+        try:
+            for _ in range(nodes):
+                cluster.nodes.append(start_worker_node(cluster.head, cpus_per_node))
+        except RuntimeError as error:
+            head_logs = cluster.head.log_tails()
+            cluster.remove()
+            if attempt == attempts:
+                raise RuntimeError(f"no cluster in {attempts} tries; its head's logs:{head_logs}") from error
+            continue
+        except BaseException:
+            cluster.remove()
+            raise
+        return cluster
