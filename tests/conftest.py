@@ -44,15 +44,25 @@ def pytest_runtest_makereport(item, call):
 
 
 def pytest_collection_modifyitems(config, items):
-    """The slow tests first, the workflows' Ray jobs (minutes each) first of all: under `pytest -n 2` (make test) the
-    long runs start at once and the short tests fill the cores they leave idle, instead of one long run ending the
-    suite alone. The sort is stable: file order within each group."""
+    """The slow tests first, the workflows' Ray jobs (minutes each) first among them: under `pytest -n 2` (make test)
+    the long runs do not end the suite alone. Slow tests that share a module-scoped fixture come before everything:
+    `--dist worksteal` gives the first half of this order to one process and steals from the ends of queues, so only
+    at the very front are a module's tests sure to run in one process, one after another, and build the fixture
+    once (a test of another module in between tears it down). The sort is stable: file order within each group."""
     def rank(item) -> int:
         if item.get_closest_marker("slow") is None:
-            return 2
-        return 0 if item.path.parent.name == "workflows" else 1
+            return 3
+        if _uses_a_module_fixture(item):
+            return 0
+        return 1 if item.path.parent.name == "workflows" else 2
 
     items.sort(key=rank)
+
+
+def _uses_a_module_fixture(item) -> bool:
+    fixtures = getattr(item, "_fixtureinfo", None)  # pytest's own record of the item's fixtures (not for doctests)
+    return fixtures is not None and any(defs and defs[-1].scope == "module"
+                                        for defs in fixtures.name2fixturedefs.values())
 
 
 @pytest.hookimpl(hookwrapper=True)
