@@ -109,7 +109,8 @@ def _start(args: list[str], node: RayNode, attempts: int = 3) -> RayNode:
             failure = f"no answer in {hung.timeout:.0f} s\n{output.decode(errors='replace')}"
         failure += node.log_tails()
         node.kill()
-        time.sleep(5 * (attempt + 1))  # let the load spike that slowed this start pass
+        if attempt + 1 < attempts:
+            time.sleep(5 * (attempt + 1))  # let the load spike that slowed this start pass
     node.remove()
     raise RuntimeError(f"ray start failed {attempts} times; the last:\n{failure}")
 
