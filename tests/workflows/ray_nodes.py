@@ -179,8 +179,8 @@ def start_cluster(nodes: int, cpus_per_node: int, attempts: int = 2) -> RayClust
             cluster.remove()
             if attempt == attempts:
                 raise RuntimeError(f"no cluster in {attempts} tries; its head's logs:{head_logs}") from error
-            continue
         except BaseException:
             cluster.remove()
             raise
-        return cluster
+        else:
+            return cluster
