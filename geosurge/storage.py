@@ -278,12 +278,21 @@ class Fetcher:
     urllib3 pool manager keeping up to `pool_size` keep-alive connections per host, so consecutive images from one
     host reuse a connection. HTTP goes through urllib3 itself, not `requests`: a requests call spends more CPU on
     settings (proxy environment, cookies, hooks) than the request takes (ingest profile: ~0.6 ms against ~0.2 ms
-    per image, as much as decoding it). Proxies come from the environment (HTTP(S)_PROXY, NO_PROXY), read once."""
+    per image, as much as decoding it). Proxies come from the environment (HTTP(S)_PROXY, NO_PROXY), read once.
+
+    A web host that a read could not connect to (refused, no such name, connect timeout), once that read's retries
+    are spent, counts as down for `host_down_s`: reads of its other URLs fail at once (fetch_error, "host down"),
+    each without a retry cycle of its own. Without it every URL of a dead host (common among MP-16's Flickr URLs)
+    spent the whole budget: with the default 6 retries about 16 s of backoff each, hours for a few thousand URLs.
+    After `host_down_s` the next reads try the host again (a read in flight that gets through clears it sooner)."""
 
     def __init__(self, s3: S3Config | None, policy: RetryPolicy, pool_size: int = 16,
-                 max_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES, access: UriAccess | None = None):
+                 max_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES, access: UriAccess | None = None,
+                 host_down_s: float = 60.0):
         self.s3 = s3
         self.policy = policy
+        self.host_down_s = host_down_s
+        self._down: dict[tuple, tuple[float, str]] = {}  # (scheme, host, port) → (down until, why), monotonic
         self.pool_size = pool_size
         self.max_bytes = max_bytes  # no read takes more (TooLarge → reason too_large)
         self.access = access or UriAccess()
@@ -363,7 +372,25 @@ class Fetcher:
         except UriRefused as e:
             raise FetchFailed(BAD_URI, UriRefused.MESSAGE) from e
         deadline = None if self.policy.deadline_s is None else time.monotonic() + self.policy.deadline_s
-        return with_retries(lambda: self._read_once(uri, deadline), self.policy, uri, deadline)
+        if not is_http(uri):
+            return with_retries(lambda: self._read_once(uri, deadline), self.policy, uri, deadline)
+        url = urllib3.util.parse_url(uri)
+        host = (url.scheme, url.host, url.port)
+        down = self._down.get(host)
+        if down and time.monotonic() < down[0]:
+            raise FetchFailed(FETCH_ERROR, f"{redact_uri(uri)}: host down ({down[1]})")
+        try:
+            got = with_retries(lambda: self._read_once(uri, deadline), self.policy, uri, deadline)
+        except FetchFailed as e:
+            # a connection error is transient, so it ends a read only once its retries (or deadline) are spent
+            if isinstance(e.__cause__, urllib3.exceptions.ConnectTimeoutError):  # NewConnectionError: a subclass
+                with self._lock:
+                    self._down[host] = (time.monotonic() + self.host_down_s, f"a read of it: {e.detail}")
+            raise
+        if host in self._down:  # marked meanwhile, or its time ran out: this read got through
+            with self._lock:
+                self._down.pop(host, None)
+        return got
 
 
 def write_parquet(table: pa.Table, uri: str, s3: S3Config | None = None,

@@ -16,7 +16,7 @@ class LoopbackServer:
     """An HTTP server on loopback with the bodies that hurt a reader: a trickle, an endless chunked stream, a
     redirect, a declared-huge body. `sent[path]` counts the body bytes each path got out before the client left."""
 
-    def __init__(self):
+    def __init__(self, port: int = 0):
         self.sent: dict[str, int] = {}
         self.hits: dict[str, int] = {}
         self.connections = 0
@@ -44,7 +44,7 @@ class LoopbackServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -161,6 +161,36 @@ def test_http_connection_failures_are_transient_and_counted(loopback):
     with pytest.raises(storage.FetchFailed) as refused:
         storage.Fetcher(None, policy).read(f"http://127.0.0.1:{closed}/x.jpg")
     assert refused.value.reason == "fetch_error" and refused.value.retries == 2
+
+
+def test_a_host_that_cannot_be_connected_to_is_down_for_a_while_its_other_urls_failing_at_once(loopback):
+    from tests.conftest import free_port
+
+    policy = storage.RetryPolicy(retries=2, backoff_s=0.05)
+    fetcher = storage.Fetcher(None, policy, host_down_s=1.0)
+    dead = f"http://127.0.0.1:{free_port()}"  # nobody listens there: refused
+    with pytest.raises(storage.FetchFailed) as first:
+        fetcher.read(f"{dead}/a.jpg")
+    assert first.value.reason == "fetch_error" and first.value.retries == 2  # the read itself spent its retries
+    started = time.monotonic()
+    with pytest.raises(storage.FetchFailed) as second:
+        fetcher.read(f"{dead}/b.jpg?sig=secret")
+    assert time.monotonic() - started < 0.05  # no connection tried, no backoff slept
+    assert second.value.reason == "fetch_error" and second.value.retries == 0
+    assert "host down" in second.value.detail and "/a.jpg" in second.value.detail  # which read found it down
+    assert "secret" not in second.value.detail
+    assert fetcher.read(f"{loopback.url}/image") == (BODY, 0)  # another port of the same machine is another host
+
+    # the host comes back: within host_down_s it is not asked, after it the next read gets through and clears it
+    revived = LoopbackServer(port=int(dead.rsplit(":", 1)[1]))
+    try:
+        with pytest.raises(storage.FetchFailed, match="host down"):
+            fetcher.read(f"{dead}/image")
+        assert revived.hits == {}
+        time.sleep(max(0.0, started + 1.0 - time.monotonic()))
+        assert fetcher.read(f"{dead}/image") == (BODY, 0) and revived.hits == {"/image": 1}
+    finally:
+        revived.stop()
 
 
 def test_local_reads_check_the_size_first_and_refuse_what_is_not_a_file(tmp_path):

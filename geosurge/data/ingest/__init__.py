@@ -33,7 +33,9 @@ whose rows (or duplicate list) changed, by the digest kept per chunk in the plan
 
 Untrusted input is bounded: every image read takes at most `ingest.max_image_bytes` and `ingest.fetch_deadline_s`
 (total, retries included), a chunk at most `ingest.chunk_timeout_s`, a decode at most `ingest.max_image_pixels`;
-a uri that leaves its images root (or, with `ingest.allowed_uri_prefixes`, is under none) is `bad_uri`.
+a uri that leaves its images root (or, with `ingest.allowed_uri_prefixes`, is under none) is `bad_uri`. A web host
+that a read could not connect to once its retries were spent counts as down for a minute in that worker: its other
+URLs are quarantined at once (`fetch_error`, "host down"), not each after a retry cycle of its own.
 
 Shard rows: image_id, uri, lat, lon, split (+ any manifest label columns), image (JPEG bytes at `image_size`),
 label_map (uint8 bytes, label_grid × label_grid ADE20K ids), label_grid, and `cells` (list<int64>, the cell at
