@@ -10,6 +10,10 @@
       img2dataset==1.47.0`; `--i2d-processes` × `--i2d-threads`, Parquet output), whole processes timed, `--runs`
       each, interleaved; medians, their ratio (target: ours no slower) and the CPU seconds each took. Without
       --img2dataset that column is skipped.
+  (d) a host that is down: the first `--live-urls` of those URLs as served, then `--dead-urls` more on a loopback
+      port nobody listens on (connection refused); one ingest in a fresh process: seconds, the retries it took, how
+      the dead rows were quarantined (the rows after a read that spent its retries fail at once: "host down").
+      `--dead-urls 0` skips it.
 The machine's load average is printed before and after: on a shared machine, read the ratios, not the rates.
 """
 
@@ -135,6 +139,48 @@ def http_child(args: argparse.Namespace) -> int:
     return 0
 
 
+def dead_host_child(args: argparse.Namespace) -> int:
+    """Run in a fresh subprocess: Ray up, one ingest of a manifest whose last rows name a host that is down."""
+    from geosurge.data.ingest import ingest, read_quarantine
+
+    init_ray(args.ray_address, args.num_cpus)
+    config = IngestConfig(image_size=args.image_size, shard_rows=args.shard_rows, segmenter=NO_SEGMENTER)
+    result = ingest(args.child_manifest, args.child_output, config, overwrite=True)
+    if not result.reconciles:
+        raise RuntimeError(f"rows lost: {result.summary()}")
+    details = read_quarantine(result.quarantine_uri).column("detail").to_pylist()
+    print(json.dumps({"seconds": result.seconds, "retries": result.fetch_retries, "shard_rows": result.shard_rows,
+                      "quarantined": result.quarantined_by_reason,
+                      "host_down": sum(": host down (" in d for d in details)}))
+    return 0
+
+
+def dead_host(args: argparse.Namespace, ours_manifest: str, work: str) -> dict[str, float]:
+    """(d): `--live-urls` served rows, then `--dead-urls` rows on a port nobody listens on; one whole ingest."""
+    table = pq.read_table(ours_manifest).slice(0, args.live_urls + args.dead_urls)
+    with socket.socket() as s:  # a port nobody listens on: every connection refused
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    uris = table.column("uri").to_pylist()
+    base = uris[0].split("/", 3)
+    dead = [f"{base[0]}//127.0.0.1:{closed}/{u.split('/', 3)[3]}" for u in uris[args.live_urls:]]
+    table = table.set_column(table.schema.get_field_index("uri"), "uri", pa.array(uris[:args.live_urls] + dead))
+    manifest = os.path.join(work, "manifest_dead_host.parquet")
+    pq.write_table(table, manifest)
+    command = [sys.executable, os.path.abspath(__file__), "--dead-host-child", "--child-manifest", manifest,
+               "--child-output", os.path.join(work, "out_dead_host"), "--num-cpus", str(args.num_cpus),
+               "--image-size", str(args.image_size), "--shard-rows", str(args.shard_rows),
+               "--ray-address", args.ray_address]
+    done = subprocess.run(command, check=False, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"dead-host ingest child failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"(d) {len(table) - len(dead)} served + {len(dead)} refused URLs: {figures['seconds']:.1f} s, "
+          f"{figures['retries']} retries, {figures['shard_rows']} in shards, quarantined {figures['quarantined']} "
+          f"({figures['host_down']} of them at once as 'host down')", flush=True)
+    return {"d_seconds": figures["seconds"], "d_retries": figures["retries"], "d_dead": len(dead)}
+
+
 def children_cpu_s() -> float:
     """CPU seconds (user + system) of this process's finished children and theirs: on a shared machine the CPU a
     run took says more than its wall time (img2dataset's processes are all reaped by the time it exits)."""
@@ -208,10 +254,11 @@ def compare_http(args: argparse.Namespace, manifest: str, n_images: int) -> dict
                 theirs_cpu.append(cpu)
                 line += f"; img2dataset {seconds:.1f} s, {cpu:.0f} CPU s"
             print(f"{line}; load {load()}", flush=True)
+        dead = dead_host(args, ours_manifest, work) if args.dead_urls else {}
     finally:
         server.terminate()
         server.wait()
-    figures = {"h_ours_s": statistics.median(ours), "h_ours_cpu": statistics.median(ours_cpu),
+    figures = {**dead, "h_ours_s": statistics.median(ours), "h_ours_cpu": statistics.median(ours_cpu),
                "h_inside": statistics.median(inside), "h_rows": rows}
     if theirs:
         figures["h_img2dataset_s"] = statistics.median(theirs)
@@ -239,12 +286,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ray-address", default="local", help='"local": a private Ray for this run')
     # the same default as ingest.py's: the GeoWorld it generated for (a) is reused, not generated again
     parser.add_argument("--work-dir", default="runs/bench_ingest", help="local folder (cache, outputs)")
+    parser.add_argument("--live-urls", type=int, default=2000, help="(d): rows served as they are")
+    parser.add_argument("--dead-urls", type=int, default=400, help="(d): rows on a host that is down; 0: skip (d)")
     parser.add_argument("--http-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--dead-host-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child-manifest", help=argparse.SUPPRESS)
     parser.add_argument("--child-output", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.http_child:
         return http_child(args)
+    if args.dead_host_child:
+        return dead_host_child(args)
 
     cores = min(args.num_cpus, os.cpu_count() or 1)
     print(f"machine: {os.cpu_count()} cores, Ray given {args.num_cpus} CPUs; load average {load()}")
@@ -256,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average after: {load()}")
     print("summary:")
     verdicts = []
+    if "d_seconds" in figures:
+        print(f"  (d) a host that is down ({figures['d_dead']} URLs): {figures['d_seconds']:.1f} s, "
+              f"{figures['d_retries']} retries")
     if "h_ours_s" in figures:
         rows, ours = figures["h_rows"], figures["h_ours_s"]
         print(f"  (h) HTTP, {rows:.0f} URLs on nginx (loopback), median of {args.runs} whole-process runs:")

@@ -220,7 +220,7 @@ def _ingest(args: argparse.Namespace) -> int:
     config = _config(args)
     _quiet(config, args)
     from geosurge.orchestration.preflight import check_ingest
-    from geosurge.segmentation.segmenter import GEOWORLD_SEGMENTER, GROUND_TRUTH_SEGMENTER
+    from geosurge.segmentation.specs import GEOWORLD_SEGMENTER, GROUND_TRUTH_SEGMENTER
 
     if args.manifests:
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, manifest=args.manifests))

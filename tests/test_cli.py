@@ -30,6 +30,16 @@ GEOSURGE = str(Path(sys.executable).with_name("geosurge"))
 REPO = Path(__file__).resolve().parents[1]
 
 
+def test_the_command_line_and_an_ingest_that_segments_nothing_start_without_pytorch():
+    # PyTorch is about 2.6 s of a command's start here: `geosurge --help`, `plan`, `synth` and a `segmenter=none`
+    # ingest driver need none of it, nor DeepSpeed, transformers or MLflow
+    code = ("import sys, geosurge.cli; from geosurge.data.ingest import ingest; "
+            "print(sorted(m for m in ('torch', 'deepspeed', 'transformers', 'mlflow') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
 def test_synth_id_prefix_names_new_imagery_apart_from_the_demos(tmp_path):
     out = subprocess.run([GEOSURGE, "synth", str(tmp_path / "new"), "--num-images", "4", "--image-size", "32",
                           "--id-prefix", "batch2", "--quiet"], check=False, capture_output=True, text=True, timeout=300)

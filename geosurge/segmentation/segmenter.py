@@ -38,33 +38,24 @@ from geosurge.segmentation.families import (
     pixel_statistics,
     random_segformer,  # noqa: F401  re-exported: callers and tests take it from here
 )
+from geosurge.segmentation.specs import (  # noqa: F401  re-exported: the specs' callers may take them from here
+    GEOWORLD_SEGMENTER,
+    GROUND_TRUTH_SEGMENTER,
+    NO_SEGMENTER,
+    RANDOM_MASK2FORMER,
+    RANDOM_ONEFORMER,
+    RANDOM_SEGMENTER,
+    RANDOM_SPECS,
+    is_random_spec,
+)
 
 log = logging.getLogger(__name__)
 
-# `ingest.segmenter` values that name no checkpoint (anything else is a hub id, a folder or an s3:// folder):
-RANDOM_SEGMENTER = "random"  # a tiny random SegFormer
-RANDOM_ONEFORMER = "random-oneformer"  # a tiny random OneFormer (tiny Swin backbone)
-RANDOM_MASK2FORMER = "random-mask2former"  # a tiny random Mask2Former (tiny Swin backbone)
-RANDOM_SPECS = (RANDOM_SEGMENTER, RANDOM_ONEFORMER, RANDOM_MASK2FORMER)
 _RANDOM_FAMILIES = {RANDOM_SEGMENTER: SemanticFamily, RANDOM_ONEFORMER: OneFormerFamily,
                     RANDOM_MASK2FORMER: Mask2FormerFamily}
-# Not a model but an instruction to the pipeline: train a SegFormer on the run's own GeoWorld label maps
-# (geosurge.train.segmenter) and segment with that checkpoint folder.
-GEOWORLD_SEGMENTER = "geoworld"
-# An oracle segmenter for benchmarks and ablations: the manifest's own label maps (`label_uri`, as GeoWorld
-# writes them) instead of a model's predictions. A model trained on it has no segmenter to serve with.
-GROUND_TRUTH_SEGMENTER = "ground_truth"
-# No segmentation: shards without label maps. For models that use none (GeoCLIP) and for measuring the rest
-# of the ingest stage on its own (benchmarks/ingest.py).
-NO_SEGMENTER = "none"
 # ImageNet statistics: the fallback when a checkpoint has no processor config
 _MEAN = [0.485, 0.456, 0.406]
 _STD = [0.229, 0.224, 0.225]
-
-
-def is_random_spec(spec: str) -> bool:
-    """True for the specs that build a random-init model (label maps without meaning)."""
-    return spec in RANDOM_SPECS
 
 
 def load_family(spec: str, s3: S3Config | None = None) -> tuple[SemanticFamily | Mask2FormerFamily, str | None]:

@@ -35,10 +35,9 @@ from geosurge.data.ingest.resume import (
     pending_chunks,
 )
 from geosurge.data.manifest import list_manifest_files, manifest_columns
-from geosurge.device import actor_num_gpus
 from geosurge.geo.geocells import GeocellHierarchy
 from geosurge.layout import IngestLayout
-from geosurge.segmentation.segmenter import (
+from geosurge.segmentation.specs import (
     GEOWORLD_SEGMENTER,
     GROUND_TRUTH_SEGMENTER,
     NO_SEGMENTER,
@@ -254,6 +253,8 @@ def _build_pipeline(job: _Job, plan: Plan, pending: list[str]) -> ray.data.Datas
     )
     segmenting = not job.ground_truth and config.segmenter != NO_SEGMENTER
     if segmenting:
+        from geosurge.device import actor_num_gpus  # PyTorch: a driver that segments nothing never imports it
+
         ds = ds.map_batches(
             SegmentLabelMaps,
             fn_constructor_args=(config.segmenter, config.label_grid, config.segment_batch_size, job.s3),
