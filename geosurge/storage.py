@@ -280,11 +280,14 @@ class Fetcher:
     settings (proxy environment, cookies, hooks) than the request takes (ingest profile: ~0.6 ms against ~0.2 ms
     per image, as much as decoding it). Proxies come from the environment (HTTP(S)_PROXY, NO_PROXY), read once.
 
-    A web host that a read could not connect to (refused, no such name, connect timeout), once that read's retries
-    are spent, counts as down for `host_down_s`: reads of its other URLs fail at once (fetch_error, "host down"),
-    each without a retry cycle of its own. Without it every URL of a dead host (common among MP-16's Flickr URLs)
-    spent the whole budget: with the default 6 retries about 16 s of backoff each, hours for a few thousand URLs.
-    After `host_down_s` the next reads try the host again (a read in flight that gets through clears it sooner)."""
+    A web host that has served this Fetcher nothing yet and that a read could not connect to (refused, no such
+    name, connect timeout), once that read's retries are spent, counts as down for `host_down_s`: reads of its
+    other URLs fail at once (fetch_error, "host down"), each without a retry cycle of its own. Without it every URL
+    of a dead host (common among old photo-sharing URLs) spent the whole budget: with the default 6 retries about
+    16 s of backoff each, hours for a few thousand URLs. A host that has served before keeps every read's retries:
+    its outage (a restart) is likely short, and a row quarantined is not fetched again by a resumed ingest. After
+    `host_down_s` the next reads try the host again; one that gets through clears it. Behind a proxy this never
+    applies: the connection that fails is the proxy's."""
 
     def __init__(self, s3: S3Config | None, policy: RetryPolicy, pool_size: int = 16,
                  max_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES, access: UriAccess | None = None,
@@ -293,6 +296,7 @@ class Fetcher:
         self.policy = policy
         self.host_down_s = host_down_s
         self._down: dict[tuple, tuple[float, str]] = {}  # (scheme, host, port) → (down until, why), monotonic
+        self._served: set[tuple] = set()  # hosts a read got an answer from
         self.pool_size = pool_size
         self.max_bytes = max_bytes  # no read takes more (TooLarge → reason too_large)
         self.access = access or UriAccess()
@@ -375,7 +379,7 @@ class Fetcher:
         if not is_http(uri):
             return with_retries(lambda: self._read_once(uri, deadline), self.policy, uri, deadline)
         url = urllib3.util.parse_url(uri)
-        host = (url.scheme, url.host, url.port)
+        host = (url.scheme, url.host, url.port or _DEFAULT_PORTS.get(url.scheme))
         down = self._down.get(host)
         if down and time.monotonic() < down[0]:
             raise FetchFailed(FETCH_ERROR, f"{redact_uri(uri)}: host down ({down[1]})")
@@ -383,14 +387,33 @@ class Fetcher:
             got = with_retries(lambda: self._read_once(uri, deadline), self.policy, uri, deadline)
         except FetchFailed as e:
             # a connection error is transient, so it ends a read only once its retries (or deadline) are spent
-            if isinstance(e.__cause__, urllib3.exceptions.ConnectTimeoutError):  # NewConnectionError: a subclass
+            if host not in self._served and _could_not_connect_to(e.__cause__, host):
                 with self._lock:
-                    self._down[host] = (time.monotonic() + self.host_down_s, f"a read of it: {e.detail}")
+                    now = time.monotonic()
+                    self._down = {h: d for h, d in self._down.items() if d[0] > now}  # many dead hosts: bounded
+                    self._down[host] = (now + self.host_down_s, f"a read of it: {e.detail}")
             raise
+        if host not in self._served:
+            if len(self._served) >= _MAX_HOSTS_KEPT:  # a manifest spread over millions of hosts: memory stays bounded
+                self._served.clear()
+            self._served.add(host)
         if host in self._down:  # marked meanwhile, or its time ran out: this read got through
             with self._lock:
                 self._down.pop(host, None)
         return got
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_MAX_HOSTS_KEPT = 100_000
+
+
+def _could_not_connect_to(error: BaseException | None, host: tuple) -> bool:
+    """Whether `error` is a failure to connect (refused, no such name, connect timeout) to `host` itself, not to a
+    redirect's target or a proxy: urllib3 names the connection it could not open."""
+    if not isinstance(error, urllib3.exceptions.ConnectTimeoutError):  # NewConnectionError: a subclass
+        return False
+    conn = getattr(error, "conn", None) or (error.args[0] if error.args else None)
+    return (getattr(conn, "host", None), getattr(conn, "port", None)) == host[1:]
 
 
 def write_parquet(table: pa.Table, uri: str, s3: S3Config | None = None,

@@ -95,6 +95,12 @@ class LoopbackServer:
         h.send_header("Content-Length", "0")
         h.end_headers()
 
+    def _redirect_away(self, h):  # to `self.away`, another host
+        h.send_response(302)
+        h.send_header("Location", self.away)
+        h.send_header("Content-Length", "0")
+        h.end_headers()
+
     def stop(self):
         self.server.shutdown()
         self.server.server_close()
@@ -170,12 +176,12 @@ def test_a_host_that_cannot_be_connected_to_is_down_for_a_while_its_other_urls_f
     fetcher = storage.Fetcher(None, policy, host_down_s=1.0)
     dead = f"http://127.0.0.1:{free_port()}"  # nobody listens there: refused
     with pytest.raises(storage.FetchFailed) as first:
-        fetcher.read(f"{dead}/a.jpg")
+        fetcher.read(f"{dead}/a.jpg?sig=secret")
     assert first.value.reason == "fetch_error" and first.value.retries == 2  # the read itself spent its retries
     started = time.monotonic()
     with pytest.raises(storage.FetchFailed) as second:
         fetcher.read(f"{dead}/b.jpg?sig=secret")
-    assert time.monotonic() - started < 0.05  # no connection tried, no backoff slept
+    assert time.monotonic() - started < 0.5  # no retry cycle (its backoff alone sleeps up to 0.15 s)
     assert second.value.reason == "fetch_error" and second.value.retries == 0
     assert "host down" in second.value.detail and "/a.jpg" in second.value.detail  # which read found it down
     assert "secret" not in second.value.detail
@@ -189,8 +195,28 @@ def test_a_host_that_cannot_be_connected_to_is_down_for_a_while_its_other_urls_f
         assert revived.hits == {}
         time.sleep(max(0.0, started + 1.0 - time.monotonic()))
         assert fetcher.read(f"{dead}/image") == (BODY, 0) and revived.hits == {"/image": 1}
+        with pytest.raises(storage.FetchFailed, match="404"):  # an error answer closes the kept-alive connection
+            fetcher.read(f"{dead}/missing")
     finally:
         revived.stop()
+    # ... and now that it has served, an outage (a restart) costs each read its own retries, never "host down"
+    for _ in range(2):
+        with pytest.raises(storage.FetchFailed) as restarting:
+            fetcher.read(f"{dead}/image")
+        assert restarting.value.retries == 2 and "host down" not in restarting.value.detail
+
+
+def test_only_a_failure_to_connect_to_the_host_itself_marks_it_down(loopback):
+    from tests.conftest import free_port
+
+    policy = storage.RetryPolicy(retries=1, backoff_s=0.01)
+    fetcher = storage.Fetcher(None, policy)
+    with pytest.raises(storage.FetchFailed):  # connected, then cut short: the host answers, it is not down
+        fetcher.read(f"{loopback.url}/cut-short")
+    loopback.away = f"http://127.0.0.1:{free_port()}/image"  # a redirect to a host nobody listens on
+    with pytest.raises(storage.FetchFailed, match="refused"):
+        fetcher.read(f"{loopback.url}/redirect-away")
+    assert fetcher.read(f"{loopback.url}/image") == (BODY, 0)  # neither marked the host that was asked
 
 
 def test_local_reads_check_the_size_first_and_refuse_what_is_not_a_file(tmp_path):

@@ -13,7 +13,6 @@ from geosurge.config import PipelineConfig
 from geosurge.data.manifest import list_manifest_files
 from geosurge.data.manifest.reading import resolve_manifest_format
 from geosurge.errors import UserError
-from geosurge.orchestration.pipeline import check_pipeline_config
 
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>[^/]+))$")
 CONNECT_TIMEOUT_S = 5.0
@@ -108,6 +107,9 @@ def check_model_registered(model_uri: str, tracking_uri: str) -> None:
 
 def check_run(config: PipelineConfig) -> None:
     """Before the full pipeline starts Ray: its settings, the S3 endpoint and the manifests."""
+    # the pipeline module brings MLflow, PyTorch and the trainer: `geosurge ingest`'s own checks need none of them
+    from geosurge.orchestration.pipeline import check_pipeline_config
+
     try:
         check_pipeline_config(config)
     except ValueError as e:

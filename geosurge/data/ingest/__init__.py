@@ -34,8 +34,10 @@ whose rows (or duplicate list) changed, by the digest kept per chunk in the plan
 Untrusted input is bounded: every image read takes at most `ingest.max_image_bytes` and `ingest.fetch_deadline_s`
 (total, retries included), a chunk at most `ingest.chunk_timeout_s`, a decode at most `ingest.max_image_pixels`;
 a uri that leaves its images root (or, with `ingest.allowed_uri_prefixes`, is under none) is `bad_uri`. A web host
-that a read could not connect to once its retries were spent counts as down for a minute in that worker: its other
-URLs are quarantined at once (`fetch_error`, "host down"), not each after a retry cycle of its own.
+that has served a worker nothing and that a read could not connect to once its retries were spent counts as down
+for a minute in that worker: its other URLs are quarantined at once (`fetch_error`, "host down"), not each after a
+retry cycle of its own. A host that has served keeps every read's retries (a restart is short, and a quarantined
+row is not fetched again by a resumed ingest).
 
 Shard rows: image_id, uri, lat, lon, split (+ any manifest label columns), image (JPEG bytes at `image_size`),
 label_map (uint8 bytes, label_grid × label_grid ADE20K ids), label_grid, and `cells` (list<int64>, the cell at
@@ -56,10 +58,10 @@ from geosurge.data.ingest.plan import chunk_name, source_tag
 from geosurge.data.ingest.resume import read_quarantine
 
 # Every Ray worker that runs a fetch, write or staging task imports this package (to unpickle the function), so
-# the driver-side names load when first asked for: `run` brings Ray Data, and geosurge.segmentation brings torch,
-# seconds of CPU per worker process that no fetch needs.
+# the driver-side names load when first asked for: `run` brings Ray Data, seconds of CPU per worker process that
+# no fetch needs.
 _LAZY = {"IngestResult": "geosurge.data.ingest.run", "ingest": "geosurge.data.ingest.run",
-         "GROUND_TRUTH_SEGMENTER": "geosurge.segmentation.segmenter", "NO_SEGMENTER": "geosurge.segmentation.segmenter"}
+         "GROUND_TRUTH_SEGMENTER": "geosurge.segmentation.specs", "NO_SEGMENTER": "geosurge.segmentation.specs"}
 
 
 def __getattr__(name: str):
