@@ -34,7 +34,8 @@ def test_the_command_line_and_an_ingest_that_segments_nothing_start_without_pyto
     # PyTorch is about 2.6 s of a command's start here: `geosurge --help`, `plan`, `synth` and `geosurge ingest`
     # with segmenter=none (what its command imports, below) need none of it, nor DeepSpeed, transformers or MLflow
     code = ("import sys, geosurge.cli; from geosurge.orchestration.preflight import check_ingest; "
-            "from geosurge.data.ingest import ingest, NO_SEGMENTER; from geosurge.geo.geocells import GeocellHierarchy; "
+            "from geosurge.data.ingest import ingest, NO_SEGMENTER; "
+            "from geosurge.geo.geocells import GeocellHierarchy; "
             "from geosurge.data.manifest import manifest_coordinates; from geosurge.runtime import init_ray; "
             "print(sorted(m for m in ('torch', 'deepspeed', 'transformers', 'mlflow') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
